@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:
+#   make test   create .venv, install torch (CPU build) then the package with test extras, run the tests
+#   make demo   same install, then run the main job on the embedded default config
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow test-all demo bench clean
+
+$(STAMP): setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first: the CPU build from the local file, so nothing pulls a CUDA build.
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m atommem_jax.demo
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

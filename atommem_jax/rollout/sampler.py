@@ -1,0 +1,139 @@
+"""Jitted generation: one prefill of left-padded prompts, then a `lax.while_loop` decode.
+
+The KV cache has a fixed size (prompt bucket + max_new_tokens), so one compiled program serves
+every batch whose prompts fit the same bucket. Returns the sampled tokens, their
+log-probabilities under the sampling distribution before top-k/top-p filtering (the "old
+policy" log-probs that GRPO needs) and per-row lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from atommem_jax.model import qwen3
+from atommem_jax.model.config import Qwen3Config
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How to pick each token. `greedy=True` ignores temperature / top-k / top-p."""
+
+  max_new_tokens: int = 256
+  greedy: bool = False
+  temperature: float = 1.0
+  top_k: int = 0  # 0 = off
+  top_p: float = 1.0  # 1.0 = off
+  eos_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={self.max_new_tokens}; must be >= 1")
+    if not self.greedy and self.temperature <= 0:
+      raise ValueError(f"temperature={self.temperature}; must be > 0 (or set greedy=True)")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p={self.top_p}; must be in (0, 1]")
+    if self.top_k < 0:
+      raise ValueError(f"top_k={self.top_k}; must be >= 0")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Samples:
+  tokens: jax.Array  # [B, M] int32, pad_id after a row ends
+  logprobs: jax.Array  # [B, M] float32, 0 after a row ends
+  lengths: jax.Array  # [B] int32, generated tokens including the EOS token
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+  """Smallest bucket that holds `length` (buckets sorted ascending); so prompts compile rarely."""
+  for bucket in sorted(buckets):
+    if length <= bucket:
+      return bucket
+  raise ValueError(f"prompt of {length} tokens exceeds the largest bucket {max(buckets)}; "
+                   "add a larger bucket to the rollout config")
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists to [B, length]; returns (tokens, mask) with mask 1 on real tokens."""
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  mask = np.zeros((len(prompts), length), np.int32)
+  for row, prompt in enumerate(prompts):
+    if len(prompt) > length:
+      raise ValueError(f"prompt {row} has {len(prompt)} tokens, more than the padded length {length}")
+    if len(prompt):
+      tokens[row, length - len(prompt):] = prompt
+      mask[row, length - len(prompt):] = 1
+  return tokens, mask
+
+
+def _filtered_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+  """Applies top-k then top-p (nucleus) to temperature-scaled logits [B, V]."""
+  if sampling.top_k:
+    kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if sampling.top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep a token while the mass strictly before it is below top_p (the top token always stays).
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.where(mass_before < sampling.top_p, sorted_logits, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def _pick(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+  """Next token [B] and its log-probability [B] from fp32 logits [B, V]."""
+  if sampling.greedy:
+    token = jnp.argmax(logits, axis=-1)
+    logprob = jax.nn.log_softmax(logits, axis=-1)
+  else:
+    scaled = logits / sampling.temperature
+    token = jax.random.categorical(rng, _filtered_logits(scaled, sampling), axis=-1)
+    logprob = jax.nn.log_softmax(scaled, axis=-1)
+  return token.astype(jnp.int32), jnp.take_along_axis(logprob, token[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling"))
+def generate(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+             rng: jax.Array, sampling: SamplingConfig) -> Samples:
+  """Samples up to `sampling.max_new_tokens` tokens for left-padded prompts [B, P]."""
+  batch, prompt_len = prompt_tokens.shape
+  max_new = sampling.max_new_tokens
+  cache = qwen3.init_cache(config, batch, prompt_len + max_new)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
+  logits, cache = qwen3.forward(config, params, prompt_tokens, positions,
+                                attention_mask=prompt_mask, cache=cache)
+  eos_ids = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
+
+  def cond(state):
+    step, done = state[0], state[3]
+    return (step < max_new) & ~jnp.all(done)
+
+  def body(state):
+    step, cache, last_logits, done, next_pos, tokens, logprobs, rng = state
+    rng, step_rng = jax.random.split(rng)
+    token, logprob = _pick(last_logits, step_rng, sampling)
+    token = jnp.where(done, sampling.pad_id, token)
+    logprob = jnp.where(done, 0.0, logprob)
+    tokens = tokens.at[:, step].set(token)
+    logprobs = logprobs.at[:, step].set(logprob)
+    done = done | jnp.isin(token, eos_ids)
+    logits, cache = qwen3.forward(config, params, token[:, None], next_pos[:, None],
+                                  attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache)
+    return (step + 1, cache, logits[:, -1], done, next_pos + 1, tokens, logprobs, rng)
+
+  state = (jnp.int32(0), cache, logits[:, -1], jnp.zeros((batch,), bool), positions[:, -1] + 1,
+           jnp.full((batch, max_new), sampling.pad_id, jnp.int32),
+           jnp.zeros((batch, max_new), jnp.float32), rng)
+  _, _, _, _, _, tokens, logprobs, _ = jax.lax.while_loop(cond, body, state)
+  is_eos = jnp.isin(tokens, eos_ids)
+  first_eos = jnp.where(jnp.any(is_eos, axis=-1), jnp.argmax(is_eos, axis=-1) + 1, max_new)
+  return Samples(tokens=tokens, logprobs=logprobs, lengths=first_eos.astype(jnp.int32))
