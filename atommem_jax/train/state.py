@@ -1,0 +1,169 @@
+"""`TrainState` (step, params, optimizer state, RNG), the optimizer, and sharded creation.
+
+The optimizer state mirrors the parameters' shardings (Adam moments are sharded like the
+weights they belong to; scalars such as the step count are replicated), and the state is
+created directly in that layout, never whole on one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from atommem_jax.model import qwen3
+from atommem_jax.model import sharding
+from atommem_jax.model.config import Qwen3Config
+
+Params = dict[str, Any]
+SCHEDULES = ("constant", "cosine")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  """Everything a training run needs to resume: a pytree, so it can be jitted and donated."""
+
+  step: jax.Array  # int32 scalar, number of optimizer updates applied
+  params: Params
+  opt_state: optax.OptState
+  rng: jax.Array  # typed PRNG key, for the loop's sampling and shuffling
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """AdamW with linear warm-up, then constant or cosine; defaults follow AtomMem / verl.
+
+  verl's actor optimizer: AdamW(betas 0.9/0.999, weight decay 0.01 on every parameter),
+  gradient clipping at global norm 1.0, warm-up from 0 then constant. AtomMem sets lr 1e-6
+  and 20 warm-up steps.
+  """
+
+  learning_rate: float = 1e-6
+  warmup_steps: int = 20
+  schedule: str = "constant"
+  total_steps: int | None = None  # required by the cosine schedule
+  min_lr_ratio: float = 0.0  # cosine floor, as a fraction of learning_rate
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip_norm: float | None = 1.0
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
+    if self.schedule == "cosine" and (self.total_steps is None
+                                      or self.total_steps <= self.warmup_steps):
+      raise ValueError(f"schedule='cosine' needs total_steps > warmup_steps "
+                       f"(got total_steps={self.total_steps}, warmup_steps={self.warmup_steps})")
+    if self.warmup_steps < 0:
+      raise ValueError(f"warmup_steps={self.warmup_steps}; must be >= 0")
+
+
+def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
+  """Step -> learning rate: 0 -> peak linearly over warmup_steps, then constant or cosine."""
+  peak = config.learning_rate
+  if config.schedule == "cosine":
+    after = optax.cosine_decay_schedule(peak, config.total_steps - config.warmup_steps,
+                                        alpha=config.min_lr_ratio)
+  else:
+    after = optax.constant_schedule(peak)
+  if config.warmup_steps == 0:
+    return after
+  warmup = optax.linear_schedule(0.0, peak, config.warmup_steps)
+  return optax.join_schedules([warmup, after], [config.warmup_steps])
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW on the schedule."""
+  adamw = optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2,
+                      eps=config.eps, weight_decay=config.weight_decay)
+  if config.grad_clip_norm is None:
+    return adamw
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+
+
+def single_device_mesh() -> Mesh:
+  """A 1x1x1 mesh on the first device: the unsharded layout."""
+  return sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+
+def _abstract_params(config: Qwen3Config) -> Params:
+  return jax.eval_shape(functools.partial(qwen3.init_params, config), jax.random.key(0))
+
+
+def state_shardings(config: Qwen3Config, optimizer: optax.GradientTransformation,
+                    mesh: Mesh, rules: sharding.Rules | None = None) -> TrainState:
+  """NamedShardings of the state: params per `param_shardings`, optimizer leaves that belong
+  to a parameter likewise, everything else (step, counts, rng) replicated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  params = qwen3.param_shardings(config, mesh, rules)
+  opt_shapes = jax.eval_shape(optimizer.init, _abstract_params(config))
+  opt_state = optax.tree_map_params(optimizer, lambda _, param_sharding: param_sharding,
+                                    opt_shapes, params,
+                                    transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
+
+
+def abstract_train_state(config: Qwen3Config, optimizer: optax.GradientTransformation,
+                         mesh: Mesh, rules: sharding.Rules | None = None) -> TrainState:
+  """ShapeDtypeStructs with shardings for every state leaf (a checkpoint restore target)."""
+  shapes = jax.eval_shape(lambda key: _new_state(config, optimizer, key, None),
+                          jax.random.key(0))
+  return jax.tree.map(lambda shape, leaf_sharding: jax.ShapeDtypeStruct(
+      shape.shape, shape.dtype, sharding=leaf_sharding),
+      shapes, state_shardings(config, optimizer, mesh, rules))
+
+
+def _new_state(config: Qwen3Config, optimizer: optax.GradientTransformation, key: jax.Array,
+               params: Params | None) -> TrainState:
+  init_key, rng = jax.random.split(key)
+  if params is None:
+    params = qwen3.init_params(config, init_key)
+  else:  # A copy: the caller's arrays (often also the GRPO reference) survive donation.
+    params = jax.tree.map(jnp.copy, params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), rng=rng)
+
+
+def _is_key(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def create_train_state(config: Qwen3Config, params_or_rng: Params | jax.Array,
+                       optimizer: optax.GradientTransformation, mesh: Mesh | None = None,
+                       rules: sharding.Rules | None = None, *,
+                       rng: jax.Array | None = None) -> TrainState:
+  """A fresh state laid out on `mesh` (default: one device).
+
+  `params_or_rng`: a PRNG key (random init, created sharded) or a params tree (copied into
+  the sharded layout, the caller's arrays stay valid). The state's own RNG is split from the
+  init key, or from `rng` (default key 0) when params are given.
+  """
+  mesh = mesh or single_device_mesh()
+  shardings = state_shardings(config, optimizer, mesh, rules)
+  if _is_key(params_or_rng):
+    build = jax.jit(lambda key: _new_state(config, optimizer, key, None),
+                    out_shardings=shardings)
+    return build(params_or_rng)
+  if isinstance(params_or_rng, jax.Array):
+    raise TypeError("create_train_state: got a raw array, expected a params tree or a typed "
+                    "PRNG key from jax.random.key(seed) (wrap raw key data with "
+                    "jax.random.wrap_key_data)")
+  params = jax.device_put(params_or_rng, shardings.params)
+  key = jax.random.key(0) if rng is None else rng
+  build = jax.jit(lambda params, key: _new_state(config, optimizer, key, params),
+                  in_shardings=(shardings.params, shardings.rng), out_shardings=shardings)
+  return build(params, key)
+
+
+def split_rng(state: TrainState) -> tuple[TrainState, jax.Array]:
+  """A fresh key for the caller and the state with its RNG advanced (deterministic resume)."""
+  rng, key = jax.random.split(state.rng)
+  return dataclasses.replace(state, rng=rng), key

@@ -1,0 +1,270 @@
+"""Jitted, sharded SFT and GRPO update steps, and the GRPO mini-batch/epoch loop.
+
+Each step takes a `TrainBatch` [B, T] sharded over the mesh's batch axes ("data", "fsdp"),
+splits it into `grad_accum_steps` micro-batches of rows b, b + k, b + 2k, ... (so every
+device keeps its rows), sums the micro-batch gradients of losses normalised by the whole
+batch's token / sequence counts (so accumulation equals one big batch), clips and applies
+AdamW once. The state is donated; params and optimizer state keep `state_shardings`.
+
+Step metrics are scalars: sums over micro-batches, except `*_max` / `*_min` (max / min).
+`grad_norm` is the global gradient norm before clipping.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from atommem_jax.model import qwen3
+from atommem_jax.model import sharding
+from atommem_jax.model.config import Qwen3Config
+from atommem_jax.train import batch as batch_lib
+from atommem_jax.train import losses
+from atommem_jax.train import state as state_lib
+from atommem_jax.train.batch import TrainBatch
+from atommem_jax.train.state import TrainState
+
+Params = dict[str, Any]
+Metrics = dict[str, jax.Array]
+_BATCH_AXES = ("batch", "length")
+
+
+def _combine(name: str, total: jax.Array, value: jax.Array) -> jax.Array:
+  if name.endswith("_max"):
+    return jnp.maximum(total, value)
+  if name.endswith("_min"):
+    return jnp.minimum(total, value)
+  return total + value
+
+
+def _identity(name: str, shape: jax.ShapeDtypeStruct) -> jax.Array:
+  fill = -jnp.inf if name.endswith("_max") else jnp.inf if name.endswith("_min") else 0.0
+  return jnp.full(shape.shape, fill, shape.dtype)
+
+
+def _micro_batches(batch: TrainBatch, steps: int, mesh: Mesh, rules: sharding.Rules
+                   ) -> TrainBatch:
+  """[B, T] -> [k, B/k, T]; micro-batch i holds rows i, i + k, ... (no cross-device moves)."""
+  rows, length = batch.shape
+  spec = sharding.logical_to_spec((None,) + _BATCH_AXES, mesh, rules,
+                                  (steps, rows // steps, length))
+
+  def split(x):
+    x = x.reshape(rows // steps, steps, length).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  return jax.tree.map(split, batch)
+
+
+def _accumulated_grads(loss_fn: Callable[..., tuple[jax.Array, Metrics]], params: Params,
+                       batch: TrainBatch, grad_accum_steps: int, mesh: Mesh,
+                       rules: sharding.Rules) -> tuple[Params, Metrics]:
+  """Sum of d loss_fn(params, micro_batch) / d params over the micro-batches, and metrics."""
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    return grad_fn(params, batch)
+  micro = _micro_batches(batch, grad_accum_steps, mesh, rules)
+  first = jax.tree.map(lambda x: x[0], micro)
+  metric_shapes = jax.eval_shape(loss_fn, params, first)[1]
+  zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  zero_metrics = {name: _identity(name, shape) for name, shape in metric_shapes.items()}
+
+  def body(carry, micro_batch):
+    grads_sum, metrics_sum = carry
+    grads, metrics = grad_fn(params, micro_batch)
+    grads_sum = jax.tree.map(lambda total, g: total + g.astype(jnp.float32), grads_sum, grads)
+    metrics_sum = {name: _combine(name, metrics_sum[name], value)
+                   for name, value in metrics.items()}
+    return (grads_sum, metrics_sum), None
+
+  (grads, metrics), _ = jax.lax.scan(body, (zero_grads, zero_metrics), micro)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+  return grads, metrics
+
+
+def _apply(state: TrainState, grads: Params, optimizer: optax.GradientTransformation,
+           param_shardings: Params) -> tuple[TrainState, jax.Array]:
+  grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                         rng=state.rng)
+  return new_state, optax.global_norm(grads)
+
+
+def _check_rows(batch: TrainBatch, grad_accum_steps: int) -> None:
+  rows = batch.shape[0]
+  if rows % grad_accum_steps:
+    raise ValueError(f"batch of {rows} rows cannot be split into grad_accum_steps="
+                     f"{grad_accum_steps} equal micro-batches; pad the batch "
+                     "(batch.pad_examples(..., row_multiple=...)) or change grad_accum_steps")
+
+
+def _batch_shardings(mesh: Mesh, rules: sharding.Rules, shape: tuple[int, int]) -> TrainBatch:
+  tokens = sharding.logical_to_sharding(_BATCH_AXES, mesh, rules, shape)
+  return TrainBatch(*(tokens,) * 6)
+
+
+def _logits(config: Qwen3Config, params: Params, batch: TrainBatch, mesh: Mesh,
+            rules: sharding.Rules, temperature: float = 1.0) -> jax.Array:
+  vocab_logits, _ = qwen3.forward(config, params, batch.tokens, batch.positions,
+                                  segment_ids=batch.segment_ids, mesh=mesh, rules=rules)
+  return vocab_logits if temperature == 1.0 else vocab_logits / temperature
+
+
+def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
+                  mesh: Mesh | None = None, rules: sharding.Rules | None = None, *,
+                  grad_accum_steps: int = 1
+                  ) -> Callable[[TrainState, TrainBatch], tuple[TrainState, Metrics]]:
+  """Returns sft_step(state, batch) -> (state, metrics): one AdamW update on the SFT loss.
+
+  Metrics: loss (mean NLL over the batch's response tokens), num_tokens, grad_norm.
+  """
+  mesh = mesh or state_lib.single_device_mesh()
+  rules = rules or sharding.DEFAULT_RULES
+  shardings = state_lib.state_shardings(config, optimizer, mesh, rules)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def step(state: TrainState, batch: TrainBatch) -> tuple[TrainState, Metrics]:
+    num_tokens, _ = losses.count_targets(batch)
+
+    def loss_fn(params, micro):
+      return losses.sft_loss(_logits(config, params, micro, mesh, rules), micro,
+                             num_tokens=num_tokens)
+
+    grads, metrics = _accumulated_grads(loss_fn, state.params, batch, grad_accum_steps, mesh,
+                                        rules)
+    state, grad_norm = _apply(state, grads, optimizer, shardings.params)
+    return state, {**metrics, "grad_norm": grad_norm}
+
+  @functools.cache
+  def compiled(shape: tuple[int, int]):
+    return jax.jit(step, in_shardings=(shardings, _batch_shardings(mesh, rules, shape)),
+                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+  def sft_step(state: TrainState, batch: TrainBatch) -> tuple[TrainState, Metrics]:
+    _check_rows(batch, grad_accum_steps)
+    return compiled(batch.shape)(state, batch)
+
+  return sft_step
+
+
+def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
+                   grpo_config: losses.GRPOConfig = losses.GRPOConfig(),
+                   mesh: Mesh | None = None, rules: sharding.Rules | None = None, *,
+                   grad_accum_steps: int = 1
+                   ) -> Callable[[TrainState, Params | None, TrainBatch],
+                                 tuple[TrainState, Metrics]]:
+  """Returns grpo_step(state, ref_params, batch) -> (state, metrics): one AdamW update.
+
+  ref_params (frozen reference policy, sharded like params) give the KL term's log-probs;
+  they may be None when grpo_config.kl_estimator == "none". Logits of both policies are
+  divided by grpo_config.temperature (the rollout temperature), as verl does. Metrics are
+  those of `losses.grpo_loss`, plus grad_norm.
+  """
+  mesh = mesh or state_lib.single_device_mesh()
+  rules = rules or sharding.DEFAULT_RULES
+  shardings = state_lib.state_shardings(config, optimizer, mesh, rules)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  use_ref = grpo_config.kl_estimator != "none"
+  temperature = grpo_config.temperature
+
+  def step(state: TrainState, ref_params: Params | None, batch: TrainBatch
+           ) -> tuple[TrainState, Metrics]:
+    num_tokens, num_sequences = losses.count_targets(batch)
+
+    def loss_fn(params, micro):
+      ref_logprobs = None
+      if use_ref:
+        ref_logits = _logits(config, ref_params, micro, mesh, rules, temperature)
+        ref_logprobs = jax.lax.stop_gradient(losses.token_logprobs(ref_logits, micro.tokens))
+      return losses.grpo_loss(_logits(config, params, micro, mesh, rules, temperature),
+                              ref_logprobs, micro, num_tokens=num_tokens,
+                              num_sequences=num_sequences, **grpo_config.loss_kwargs())
+
+    grads, metrics = _accumulated_grads(loss_fn, state.params, batch, grad_accum_steps, mesh,
+                                        rules)
+    state, grad_norm = _apply(state, grads, optimizer, shardings.params)
+    return state, {**metrics, "grad_norm": grad_norm}
+
+  @functools.cache
+  def compiled(shape: tuple[int, int]):
+    return jax.jit(step, in_shardings=(shardings, shardings.params if use_ref else None,
+                                       _batch_shardings(mesh, rules, shape)),
+                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+  def grpo_step(state: TrainState, ref_params: Params | None, batch: TrainBatch
+                ) -> tuple[TrainState, Metrics]:
+    if use_ref and ref_params is None:
+      raise ValueError(f"grpo_step: kl_estimator={grpo_config.kl_estimator!r} needs the "
+                       "reference params; pass them or set kl_estimator='none'")
+    _check_rows(batch, grad_accum_steps)
+    return compiled(batch.shape)(state, ref_params if use_ref else None, batch)
+
+  return grpo_step
+
+
+def grpo_update(grpo_step: Callable[[TrainState, Params | None, TrainBatch],
+                                    tuple[TrainState, Metrics]],
+                state: TrainState, ref_params: Params | None, batch: TrainBatch, *,
+                num_minibatches: int = 1, epochs: int = 1,
+                rng: jax.Array | None = None) -> tuple[TrainState, dict[str, float]]:
+  """Several updates on one rollout batch: `epochs` passes over `num_minibatches` row blocks.
+
+  With `rng`, rows are shuffled at every epoch (fold_in(rng, epoch)), so mini-batches mix
+  groups; without it they are taken in order (verl's default, shuffle=False). Each
+  mini-batch loss is normalised by its own counts, as in verl. Returns the final state and
+  the metrics averaged over the updates (`*_max` / `*_min`: max / min), plus num_updates.
+  """
+  rows = batch.shape[0]
+  if rows % num_minibatches:
+    raise ValueError(f"batch of {rows} rows cannot be split into num_minibatches="
+                     f"{num_minibatches} equal mini-batches; pad the batch or change it")
+  history = []
+  for epoch in range(epochs):
+    epoch_batch = batch
+    if rng is not None:
+      order = np.asarray(jax.random.permutation(jax.random.fold_in(rng, epoch), rows))
+      epoch_batch = batch_lib.take_rows(batch, order)
+    for minibatch in batch_lib.split_rows(epoch_batch, num_minibatches):
+      state, metrics = grpo_step(state, ref_params, minibatch)
+      history.append(metrics)
+  history = jax.device_get(history)
+  summary = {}
+  for name in history[0]:
+    values = np.array([float(metrics[name]) for metrics in history])
+    summary[name] = float(values.max() if name.endswith("_max") else
+                          values.min() if name.endswith("_min") else values.mean())
+  summary["num_updates"] = float(len(history))
+  return state, summary
+
+
+def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
+                     rules: sharding.Rules | None = None, *, temperature: float = 1.0
+                     ) -> Callable[[Params, TrainBatch], jax.Array]:
+  """Returns fn(params, batch) -> [B, T] log-probs of the trained target tokens (0 elsewhere).
+
+  Recomputes a batch's `old_logprobs` (verl recomputes them with the training forward) or
+  the reference policy's log-probs; params sharded per `param_shardings`.
+  """
+  mesh = mesh or state_lib.single_device_mesh()
+  rules = rules or sharding.DEFAULT_RULES
+  params_sharding = qwen3.param_shardings(config, mesh, rules)
+
+  def logprobs(params: Params, batch: TrainBatch) -> jax.Array:
+    token_logprobs = losses.token_logprobs(
+        _logits(config, params, batch, mesh, rules, temperature), batch.tokens)
+    return token_logprobs * losses.target_mask(batch)
+
+  @functools.cache
+  def compiled(shape: tuple[int, int]):
+    batch_sharding = _batch_shardings(mesh, rules, shape)
+    return jax.jit(logprobs, in_shardings=(params_sharding, batch_sharding),
+                   out_shardings=batch_sharding.tokens)
+
+  return lambda params, batch: compiled(batch.shape)(params, batch)
