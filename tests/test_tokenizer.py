@@ -40,3 +40,45 @@ def test_encode_chat_is_tokenizer_encoding_of_rendered_text(qwen3):
 def test_missing_directory_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     tok_lib.load_tokenizer(str(tmp_path / "nope"))
+
+
+SYNTHETIC_TEXTS = [
+    "Document 1:\nVipe\nVipe lives in Puli. Vipe works for Gobe.",
+    "Update: Vipe moved from Puli to Tera.",
+    "Question: Where does the employer of Vipe live? Gobe is based in Puli.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def small_bpe(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bpe")
+  tok_lib.train_bpe_tokenizer(SYNTHETIC_TEXTS, vocab_size=400, out_dir=str(out))
+  return tok_lib.load_tokenizer(str(out))
+
+
+def test_small_bpe_round_trips_text_and_keeps_tags_whole(small_bpe):
+  text = ("<update_query>Vipe</update_query><add_memory>Vipe lives in Tera.</add_memory>"
+          "<modify_memory>Memory 2: Gobe is based in Tera.</modify_memory>"
+          "<final_answer>\\boxed{Tera}</final_answer> unseen: ~Ωé")
+  ids = small_bpe.encode(text, add_special_tokens=False)
+  assert small_bpe.decode(ids) == text  # byte-level: exact, even for unseen characters
+  tokens = small_bpe.convert_ids_to_tokens(ids)
+  for tag in ("<update_query>", "</add_memory>", "<modify_memory>", "\\boxed{"):
+    assert tag in tokens
+  assert len(small_bpe) <= 400
+  assert small_bpe.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
+  assert (small_bpe.pad_token_id, small_bpe.eos_token_id) == (0, 2)
+
+
+def test_small_bpe_chat_template_is_chatml(small_bpe):
+  text = tok_lib.render_chat(small_bpe, [{"role": "system", "content": "S"},
+                                         {"role": "user", "content": "Q"}])
+  assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_small_bpe_training_is_deterministic(tmp_path):
+  a = tok_lib.train_bpe_tokenizer(SYNTHETIC_TEXTS, vocab_size=400)
+  b = tok_lib.train_bpe_tokenizer(list(SYNTHETIC_TEXTS), vocab_size=400)
+  assert a.get_vocab() == b.get_vocab()
+  with pytest.raises(ValueError, match="too small"):
+    tok_lib.train_bpe_tokenizer(SYNTHETIC_TEXTS, vocab_size=100)

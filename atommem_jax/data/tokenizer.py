@@ -58,3 +58,49 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, str]], *,
 def encode_chat(tokenizer, messages: Sequence[Mapping[str, str]], **kwargs) -> list[int]:
   """Token ids of the rendered chat prompt (no extra BOS: the template carries its own tokens)."""
   return tokenizer.encode(render_chat(tokenizer, messages, **kwargs), add_special_tokens=False)
+
+
+# ChatML as Qwen3 renders it, without the thinking block (tiny models do not think).
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+ACTION_TOKENS = tuple(f"<{slash}{tag}>" for tag in (
+    "update_memory", "update_query", "add_memory", "modify_memory", "delete_memory",
+    "final_answer", "think") for slash in ("", "/")) + ("\\boxed{",)
+
+
+def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | None = None):
+  """A byte-level BPE (Qwen-style) trained on `texts`, with ChatML special tokens.
+
+  Ids: 0 <|endoftext|> (padding), 1 <|im_start|>, 2 <|im_end|> (end of turn / EOS); the action
+  tags are single tokens. Decoding is exact (byte level), so tags parse back. Deterministic for
+  the same texts. Saved with `save_pretrained` to `out_dir` when given, loadable with
+  `load_tokenizer(out_dir)`.
+  """
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+
+  reserved = len(SPECIAL_TOKENS) + len(ACTION_TOKENS) + 256
+  if vocab_size < reserved + 16:
+    raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs 256 byte tokens "
+                     f"plus {reserved - 256} special/action tokens and some merges")
+  bpe = tokenizers.Tokenizer(models.BPE())
+  bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(ACTION_TOKENS),
+                                special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  bpe.train_from_iterator(list(texts), trainer)
+  bpe.add_special_tokens(list(ACTION_TOKENS))
+  tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
+                                      pad_token="<|endoftext|>", bos_token=None,
+                                      unk_token=None)
+  tokenizer.chat_template = CHATML_TEMPLATE
+  if out_dir is not None:
+    tokenizer.save_pretrained(out_dir)
+  return tokenizer
