@@ -1,4 +1,8 @@
-"""Host-side agent pieces: the action grammar and the reward."""
+"""Host-side agent pieces. Re-exported here: the action grammar and the reward (light imports).
+
+The episode environment (agent.env), prompts, chunking, stats and the teacher policies
+(agent.oracle) pull in the memory store and embedders: import those modules directly.
+"""
 
 from atommem_jax.agent.actions import Action
 from atommem_jax.agent.actions import ActionKind

@@ -1,0 +1,200 @@
+"""The experiment config schema, its paper defaults, and typed views of it.
+
+Config files under configs/ call `base_config()` and override fields; `validate` checks every
+field at start and names the one that is wrong; the `*_config` functions turn sections into
+the typed objects the code uses (Qwen3Config, EnvConfig, SamplingConfig, a mesh);
+`load_config_file` runs another config file (by name or path), so that ablations can
+override any base config.
+
+Sections: model, tokenizer, mesh, embedder, env (agent.env.EnvConfig fields), data, rollout,
+sft, grpo, eval, checkpoint, export.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+# The checkout's configs/ directory: where `load_config_file` finds config names.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with the paper's hyperparameters (Qwen3-8B policy)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Policy model: a preset (atommem_jax.model.config.PRESETS) or a Hugging Face directory.
+  c.model = ml_collections.ConfigDict(dict(
+      preset="qwen3-8b", hf_dir="", param_dtype="float32", dtype="bfloat16",
+      rollout_dtype="bfloat16", remat="full", scan_layers=True))
+  # "qwen3": the real Qwen3 tokenizer (offline); "synthetic": a small BPE trained on the
+  # synthetic corpus (saved under workdir); or a tokenizer directory.
+  c.tokenizer = "qwen3"
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Embedder spec for atommem_jax.memory.embed.make_embedder ("minilm", "hashing:512",
+  # "st:/dir", "qwen3-embedding:/dir").
+  c.embedder = "minilm"
+
+  c.env = ml_collections.ConfigDict(dict(
+      chunk_tokens=4000, chunk_overlap=100, max_chunks=40, top_k=6, max_retrieved_tokens=4096,
+      max_queries_per_question=3, max_steps=0, max_response_chars=32768, max_content_chars=4000,
+      scratchpad=True, store=True, create=True, read=True, update=True, delete=True,
+      max_store_entries=0, store_size_penalty=0.0, store_free_size=0, prompt_template="",
+      store_backend="scann"))
+
+  # Long-context QA data. kind: "synthetic" or "multihop" (files built by
+  # `python -m atommem_jax.data.build`, .jsonl or .parquet).
+  c.data = ml_collections.ConfigDict(dict(
+      kind="multihop", train_files=(), eval_files=(), sft_file="",
+      synthetic=ml_collections.ConfigDict(dict(
+          train_contexts=0, eval_contexts=0, num_entities=8, num_cities=5, num_docs=16, hops=2,
+          num_updates=2, doc_length=5, questions_per_context=1))))
+
+  c.rollout = ml_collections.ConfigDict(dict(
+      prompt_buckets=(2048, 4096, 8192, 12288), max_new_tokens=4096, temperature=1.0, top_p=1.0,
+      top_k=0))
+
+  c.sft = ml_collections.ConfigDict(dict(
+      steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20, weight_decay=0.01,
+      grad_clip=1.0, grad_accum=1, packing=True))
+
+  c.grpo = ml_collections.ConfigDict(dict(
+      steps=0, questions_per_batch=16, group_size=8, lr=1e-6, warmup_steps=20, weight_decay=0.01,
+      grad_clip=1.0, grad_accum=1, clip_low=0.2, clip_high=0.28, kl_coef=0.001,
+      kl_estimator="k3", aggregation="token-mean", normalize_std=False, entropy_coef=0.0,
+      num_minibatches=1, epochs=1))
+
+  c.eval = ml_collections.ConfigDict(dict(every_steps=0, num_contexts=0, batch_size=16))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, max_to_keep=3, async_save=True))
+  c.export = ml_collections.ConfigDict(dict(hf_dir=""))
+  return c
+
+
+class ConfigError(ValueError):
+  """A config field is wrong; the message names it (e.g. `grpo.clip_high`)."""
+
+
+def _fail(field: str, value, expected: str):
+  raise ConfigError(f"config field {field}={value!r}: {expected}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks every field that the code cannot check cheaply later; raises ConfigError."""
+  from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
+  if not c.model.hf_dir and c.model.preset not in model_config_lib.PRESETS:
+    _fail("model.preset", c.model.preset, f"one of {sorted(model_config_lib.PRESETS)} "
+          "(or set model.hf_dir)")
+  for field in ("param_dtype", "dtype", "rollout_dtype"):
+    if c.model[field] not in ("float32", "bfloat16", "float16"):
+      _fail(f"model.{field}", c.model[field], "float32, bfloat16 or float16")
+  if c.model.remat not in model_config_lib.REMAT_POLICIES:
+    _fail("model.remat", c.model.remat, f"one of {model_config_lib.REMAT_POLICIES}")
+  sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
+  if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+    _fail("mesh", dict(c.mesh), "positive sizes, at most one of them -1")
+  if c.data.kind not in ("synthetic", "multihop"):
+    _fail("data.kind", c.data.kind, "'synthetic' or 'multihop'")
+  buckets = tuple(c.rollout.prompt_buckets)
+  if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
+    _fail("rollout.prompt_buckets", buckets, "a non-empty increasing sequence of positive lengths")
+  if c.rollout.max_new_tokens <= 0:
+    _fail("rollout.max_new_tokens", c.rollout.max_new_tokens, "> 0")
+  if c.rollout.temperature <= 0:
+    _fail("rollout.temperature", c.rollout.temperature, "> 0")
+  if not 0 < c.rollout.top_p <= 1:
+    _fail("rollout.top_p", c.rollout.top_p, "in (0, 1]")
+  for section in ("sft", "grpo"):
+    for field in ("steps", "grad_accum", "warmup_steps"):
+      if c[section][field] < 0 or (field == "grad_accum" and c[section][field] < 1):
+        _fail(f"{section}.{field}", c[section][field], "a non-negative integer (grad_accum >= 1)")
+    if c[section].lr <= 0:
+      _fail(f"{section}.lr", c[section].lr, "> 0")
+  g = c.grpo
+  if g.group_size < 2:
+    _fail("grpo.group_size", g.group_size, ">= 2 (advantages are relative to the group)")
+  if not (0 <= g.clip_low < 1 and g.clip_high >= 0):
+    _fail("grpo.clip_low/clip_high", (g.clip_low, g.clip_high), "0 <= clip_low < 1, clip_high >= 0")
+  if g.kl_estimator not in ("k1", "k3", "none"):
+    _fail("grpo.kl_estimator", g.kl_estimator, "'k1', 'k3' or 'none'")
+  if g.aggregation not in ("token-mean", "seq-mean-token-mean"):
+    _fail("grpo.aggregation", g.aggregation, "'token-mean' or 'seq-mean-token-mean'")
+  if g.num_minibatches < 1 or g.epochs < 1:
+    _fail("grpo.num_minibatches/epochs", (g.num_minibatches, g.epochs), ">= 1")
+  env_config(c)  # EnvConfig checks its own fields
+
+
+def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
+  """Qwen3Config from model.preset, or from model.hf_dir/config.json when set."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
+  execution = dict(param_dtype=c.model.rollout_dtype if rollout else c.model.param_dtype,
+                   dtype=c.model.rollout_dtype if rollout else c.model.dtype,
+                   remat="none" if rollout else c.model.remat, scan_layers=c.model.scan_layers)
+  if c.model.hf_dir:
+    path = os.path.join(c.model.hf_dir, "config.json")
+    if not os.path.exists(path):
+      _fail("model.hf_dir", c.model.hf_dir, f"a Hugging Face directory with config.json ({path} "
+            "is missing)")
+    with open(path) as f:
+      return model_config_lib.Qwen3Config.from_hf_dict(json.load(f), source=path, **execution)
+  return model_config_lib.preset(c.model.preset, **execution)
+
+
+def env_config(c: ml_collections.ConfigDict):
+  """agent.env.EnvConfig from the env section (0 / "" mean None where the field allows it)."""
+  from atommem_jax.agent import env as env_lib  # pylint: disable=g-import-not-at-top
+  fields = dict(c.env)
+  for name in ("max_steps", "max_store_entries"):
+    fields[name] = fields[name] or None
+  fields["prompt_template"] = fields["prompt_template"] or None
+  try:
+    return env_lib.EnvConfig(**fields)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config section env: {e}") from e
+
+
+def sampling_config(c: ml_collections.ConfigDict, *, eos_ids, pad_id: int, greedy: bool = False):
+  """rollout.sampler.SamplingConfig from the rollout section."""
+  from atommem_jax.rollout import sampler  # pylint: disable=g-import-not-at-top
+  r = c.rollout
+  return sampler.SamplingConfig(max_new_tokens=r.max_new_tokens, greedy=greedy,
+                                temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                                eos_ids=tuple(eos_ids), pad_id=pad_id)
+
+
+def make_mesh(c: ml_collections.ConfigDict, devices=None):
+  """The device mesh of the mesh section (axes data, fsdp, tensor) over all global devices."""
+  from atommem_jax.model import sharding  # pylint: disable=g-import-not-at-top
+  return sharding.make_mesh({"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor},
+                            devices=devices)
+
+
+def load_config_file(name_or_path: str, *, directory: str | None = None
+                     ) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, found by name or path, from any working directory.
+
+  `name_or_path` is a name ("tiny": `directory`/tiny.py, default the checkout's configs/) or a
+  path to a .py file, optionally followed by ":ARG" as on the command line: "no_update:tiny"
+  calls `get_config("tiny")` of no_update.py. Ablation configs use it to load their base.
+  """
+  spec, _, arg = name_or_path.partition(":")
+  directory = directory or CONFIG_DIR
+  is_path = spec.endswith(".py") or os.sep in spec
+  path = spec if is_path else os.path.join(directory, f"{spec}.py")
+  if not os.path.isfile(path):
+    known = sorted(name[:-3] for name in os.listdir(directory) if name.endswith(".py")
+                   ) if os.path.isdir(directory) else []
+    raise ConfigError(f"config file {path!r} (from {name_or_path!r}) does not exist; give a "
+                      f"path to a .py config file or one of the names {known} in {directory}")
+  module_name = "atommem_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"config file {path} has no get_config() function; define "
+                      "get_config() returning an ml_collections.ConfigDict")
+  return module.get_config(arg) if arg else module.get_config()

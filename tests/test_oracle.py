@@ -1,0 +1,158 @@
+"""Teacher policies: the oracle's EM is high but honest; the MemAgent baseline overflows."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from atommem_jax.agent import env as env_lib
+from atommem_jax.agent import oracle
+from atommem_jax.agent.actions import parse_response
+from atommem_jax.data import multihop
+from atommem_jax.data import synthetic
+from atommem_jax.data.tokenizer import load_tokenizer
+from atommem_jax.memory.embed import HashingEmbedder
+from atommem_jax.memory.embed import minilm_embedder
+from _paths import SHARED_DATA
+
+_DATA = str(SHARED_DATA)
+_SLICES = {"hotpotqa": "hotpotqa_dev_200.jsonl", "2wiki": "2wikimultihopqa_dev_200.jsonl",
+           "musique": "musique_dev_200.jsonl"}
+# Measured with the settings below (18 questions in 6 contexts of 3 per slice, 20 documents,
+# 512-token chunks, HashingEmbedder(1024)): oracle EM hotpotqa 1.00, 2wiki 0.78,
+# musique 1.00. Misses are real retrieval misses: top-6 of ~10 stored documents.
+_MIN_ORACLE_EM = {"hotpotqa": 0.85, "2wiki": 0.7, "musique": 0.85}
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer():
+  return load_tokenizer()
+
+
+@functools.lru_cache(maxsize=None)
+def _real_contexts(dataset: str) -> tuple[multihop.LongContext, ...]:
+  samples = multihop.read_dataset(dataset, f"{_DATA}/{_SLICES[dataset]}")
+  return tuple(multihop.build_long_contexts(samples[:18], num_docs=20, seed=0,
+                                            questions_per_context=3, pool=samples))
+
+
+def _env(embedder=None, **overrides) -> env_lib.MemoryEnv:
+  config = dict(chunk_tokens=512, chunk_overlap=100)
+  config.update(overrides)
+  return env_lib.MemoryEnv(env_lib.EnvConfig(**config), _tokenizer(),
+                           embedder or HashingEmbedder(1024))
+
+
+def _exact_match(results) -> float:
+  scores = [em for result in results for em in result.exact_match]
+  return sum(scores) / len(scores)
+
+
+def _answer_prompts(result) -> list[str]:
+  """The prompt each recorded answer responded to (one per question, in order)."""
+  return [turn.prompt_text for turn in result.trajectory
+          if any(a.kind.name == "ANSWER" for a in turn.actions)]
+
+
+@pytest.mark.parametrize("dataset", sorted(_SLICES))
+def test_oracle_on_real_slices_is_high_and_honest(dataset):
+  contexts = _real_contexts(dataset)
+  results = oracle.run_episodes(_env(), oracle.OraclePolicy(), contexts)
+  exact_match = _exact_match(results)
+  print(f"oracle EM on {dataset}: {exact_match:.3f}")
+  assert exact_match >= _MIN_ORACLE_EM[dataset]
+  for context, result in zip(contexts, results):
+    assert result.stats.num_invalid == 0
+    for turn in result.trajectory:
+      assert parse_response(turn.response, num_retrieved=6).problems == ()
+    # Honesty, checked on the prompt text: a gold answer is given only when every sentence
+    # of the question's gold documents was in the prompt it answered.
+    for q, (answer, prompt) in enumerate(zip(result.answers, _answer_prompts(result))):
+      if answer != oracle.UNKNOWN_ANSWER:
+        for d in context.gold_indices[q]:
+          for sentence in oracle._sentences(context.documents[d].text):
+            assert sentence in prompt
+
+
+@pytest.mark.slow
+def test_oracle_on_real_slices_with_minilm():
+  # Measured: EM 1.00 on all three slices (about 25 s on 2 CPU cores).
+  embedder = minilm_embedder()
+  for dataset in sorted(_SLICES):
+    results = oracle.run_episodes(_env(embedder), oracle.OraclePolicy(),
+                                  _real_contexts(dataset))
+    print(f"oracle EM on {dataset} with MiniLM: {_exact_match(results):.3f}")
+    assert _exact_match(results) >= 0.9
+
+
+def test_oracle_cannot_answer_what_retrieval_does_not_show():
+  # With one memory shown per query, no question whose facts span two documents (every
+  # HotpotQA question here) can have all its facts visible.
+  contexts = _real_contexts("hotpotqa")
+  assert all(len(gold) >= 2 for context in contexts for gold in context.gold_indices)
+  results = oracle.run_episodes(_env(top_k=1), oracle.OraclePolicy(), contexts)
+  assert _exact_match(results) == 0.0
+
+
+def test_oracle_and_memagent_on_synthetic_updates():
+  contexts = synthetic.generate_synthetic(12, seed=3, num_entities=10, num_docs=24, hops=3,
+                                          num_updates=6, questions_per_context=3)
+  settings = dict(chunk_tokens=128, chunk_overlap=16)
+  oracle_results = oracle.run_episodes(_env(**settings), oracle.OraclePolicy(), contexts)
+  delete_results = oracle.run_episodes(_env(**settings),
+                                       oracle.OraclePolicy(supersede="delete"), contexts)
+  memagent_results = oracle.run_episodes(
+      _env(store=False, **settings), oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=64),
+      contexts)
+  ample_results = oracle.run_episodes(
+      _env(store=False, **settings), oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=400),
+      contexts)
+  em = {name: _exact_match(r) for name, r in [("oracle", oracle_results),
+                                                ("oracle_delete", delete_results),
+                                                ("memagent_64", memagent_results),
+                                                ("memagent_400", ample_results)]}
+  print("synthetic EM:", em)
+  assert em["oracle"] >= 0.9 and em["oracle_delete"] >= 0.9
+  assert em["memagent_64"] <= em["oracle"] - 0.3
+  assert em["memagent_400"] >= 0.9  # the baseline fails only through its budget
+  assert sum(r.stats.updates for r in oracle_results) > 0
+  assert sum(r.stats.deletes for r in delete_results) > 0
+  assert all(r.stats.num_invalid == 0
+             for r in oracle_results + delete_results + memagent_results)
+  # Honesty on the synthetic task: a gold answer only when every LATEST chain fact was in
+  # the prompt answered. Updates really replace: the final store holds the latest version
+  # of each chain fact and no superseded version.
+  for context, result in zip(contexts, oracle_results):
+    for q, (answer, prompt) in enumerate(zip(result.answers, _answer_prompts(result))):
+      if answer != oracle.UNKNOWN_ANSWER:
+        assert all(fact.text in prompt for fact in context.evidence[q].chain)
+    stored = " ".join(entry.text for entry in result.memories)
+    for evidence in context.evidence:
+      assert all(fact.text in stored for fact in evidence.chain)
+      assert not any(s.old.text in stored for s in evidence.superseded)
+
+
+def test_gold_facts_of_synthetic_contexts_follow_the_evidence():
+  [context] = synthetic.generate_synthetic(1, seed=11, hops=2, num_updates=4,
+                                           questions_per_context=2)
+  gold = oracle.gold_facts(context)
+  for q, evidence in enumerate(context.evidence):
+    assert [gold.units[u].text for u in gold.required[q]] == [f.text for f in evidence.chain]
+    for supersession in evidence.superseded:
+      [old] = [u for u in gold.units if u.text == supersession.old.text]
+      [new] = [u for u in gold.units if u.text == supersession.new.text]
+      assert old.replaced_by == new.index and new.replaces == old.index
+      assert context.documents[new.doc_index].text.find(new.text) >= 0
+
+
+def test_oracle_follows_ablations():
+  contexts = synthetic.generate_synthetic(4, seed=7, num_updates=4, questions_per_context=2)
+  for switch in ("update", "read", "scratchpad"):
+    env = _env(chunk_tokens=96, chunk_overlap=12, **{switch: False})
+    policy = oracle.OraclePolicy(enabled=env.config.enabled_actions)
+    results = oracle.run_episodes(env, policy, contexts)
+    assert all(r.stats.num_invalid == 0 for r in results)
+    assert sum(r.stats.creates for r in results) > 0
+    updates = sum(r.stats.updates for r in results)
+    assert updates > 0 if switch == "scratchpad" else updates == 0
