@@ -1,0 +1,16 @@
+"""Ablation: no scratchpad (<update_memory> is invalid); the CRUD store alone carries memory.
+
+  --config configs/no_scratchpad.py                 the paper setting (configs/base.py) without it
+  --config configs/no_scratchpad.py:tiny            the same ablation on the tiny synthetic task
+  --config configs/no_scratchpad.py:qwen3_8b_a800   the same ablation on any other config
+"""
+
+import os
+
+from atommem_jax import config_lib
+
+
+def get_config(base: str = "base"):
+  c = config_lib.load_config_file(base, directory=os.path.dirname(__file__))
+  c.env.scratchpad = False
+  return c

@@ -1,0 +1,285 @@
+"""Config files under configs/ and the launch scripts under launch/.
+
+References: the paper's published hyperparameters (GUIDE.md), typed in here by hand; each
+ablation is compared with its base config as a whole dict; the launch scripts are checked
+with `bash -n` and run for their argument checks (and, for local_multiprocess.sh, end to end
+with a small jax.distributed probe module).
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from atommem_jax import config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, "configs")
+LAUNCH_DIR = os.path.join(REPO, "launch")
+PAPER_CONFIGS = ("base", "qwen3_8b_a800", "qwen3_8b_tpu")
+ABLATION_BASES = ("base", "tiny")
+# Ablation -> {(section, field): value} it sets on top of its base, and nothing else.
+ABLATIONS = {
+    "no_update": {("env", "update"): False},
+    "no_delete": {("env", "delete"): False},
+    "no_scratchpad": {("env", "scratchpad"): False},
+    "no_store": {("env", "store"): False, ("env", "scratchpad"): True},
+    "topk3": {("env", "top_k"): 3},
+    "topk12": {("env", "top_k"): 12},
+}
+
+
+def _config_names() -> list[str]:
+  return sorted(os.path.basename(path)[:-3] for path in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
+
+
+def test_every_config_file_is_covered():
+  assert set(_config_names()) == set(PAPER_CONFIGS) | {"tiny"} | set(ABLATIONS)
+
+
+@pytest.mark.parametrize("name", _config_names())
+def test_config_loads_and_validates(name):
+  config_lib.validate(config_lib.load_config_file(name))
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+@pytest.mark.parametrize("base", ABLATION_BASES)
+def test_ablation_changes_exactly_its_fields(ablation, base):
+  config = config_lib.load_config_file(f"{ablation}:{base}")
+  config_lib.validate(config)
+  expected = config_lib.load_config_file(base).to_dict()
+  for (section, field), value in ABLATIONS[ablation].items():
+    expected[section][field] = value
+  assert config.to_dict() == expected
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+def test_ablation_without_argument_is_the_paper_setting(ablation):
+  assert (config_lib.load_config_file(ablation).to_dict()
+          == config_lib.load_config_file(f"{ablation}:base").to_dict())
+  assert config_lib.load_config_file(ablation).to_dict() != config_lib.base_config().to_dict()
+
+
+def test_ablation_stacks_on_another_ablation():
+  config = config_lib.load_config_file("topk12:no_update:tiny").to_dict()
+  assert config["env"]["top_k"] == 12 and config["env"]["update"] is False
+  assert config["model"]["preset"] == "tiny"
+
+
+def test_ablation_works_through_config_flags_from_another_directory(tmp_path):
+  """`--config configs/no_store.py:tiny` as the train CLI reads it, run from elsewhere."""
+  script = tmp_path / "show_config.py"
+  script.write_text(textwrap.dedent("""
+      import json
+      from absl import app
+      from ml_collections import config_flags
+      CONFIG = config_flags.DEFINE_config_file("config")
+      app.run(lambda _: print(json.dumps(CONFIG.value.to_dict())))
+  """))
+  result = subprocess.run(
+      [sys.executable, str(script), "--config", os.path.join(CONFIG_DIR, "no_store.py:tiny"),
+       "--config.env.top_k=2"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+  shown = json.loads(result.stdout.strip().splitlines()[-1])
+  assert shown["env"]["store"] is False and shown["env"]["top_k"] == 2
+  assert shown["model"]["preset"] == "tiny"
+
+
+def test_load_config_file_errors_name_the_problem(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match=r"no_such_config.*tiny"):
+    config_lib.load_config_file("no_such_config")
+  (tmp_path / "broken.py").write_text("X = 1\n")
+  with pytest.raises(config_lib.ConfigError, match=r"broken\.py has no get_config"):
+    config_lib.load_config_file(str(tmp_path / "broken.py"))
+
+
+def test_load_config_file_by_path_equals_by_name():
+  by_path = config_lib.load_config_file(os.path.join(CONFIG_DIR, "tiny.py"))
+  assert by_path.to_dict() == config_lib.load_config_file("tiny").to_dict()
+
+
+@pytest.mark.parametrize("name", ["qwen3_8b_a800", "qwen3_8b_tpu"])
+def test_paper_configs_carry_the_published_hyperparameters(name):
+  c = config_lib.load_config_file(name)
+  # GRPO: lr 1e-6 with 20 warm-up steps, clip 0.2 / 0.28, k3 KL 0.001, 8 rollouts, token-mean,
+  # advantage without std division.
+  assert c.grpo.lr == 1e-6 and c.grpo.warmup_steps == 20
+  assert (c.grpo.clip_low, c.grpo.clip_high) == (0.2, 0.28)
+  assert (c.grpo.kl_coef, c.grpo.kl_estimator) == (0.001, "k3")
+  assert c.grpo.group_size == 8
+  assert c.grpo.aggregation == "token-mean" and c.grpo.normalize_std is False
+  # Environment: chunk 4000 with 100 overlap, at most 40 chunks, top-k 6, 4096 retrieved.
+  assert (c.env.chunk_tokens, c.env.chunk_overlap, c.env.max_chunks) == (4000, 100, 40)
+  assert c.env.top_k == 6 and c.env.max_retrieved_tokens == 4096
+  assert all(c.env[op] for op in ("scratchpad", "store", "create", "read", "update", "delete"))
+  # Generation cap 4096 tokens per step.
+  assert c.rollout.max_new_tokens == 4096
+  # Qwen3-8B from a user-given HF directory, fp32 master weights, bf16 compute, full remat.
+  assert c.model.preset == "qwen3-8b" and c.model.hf_dir
+  assert (c.model.param_dtype, c.model.dtype, c.model.remat) == ("float32", "bfloat16", "full")
+  assert c.data.kind == "multihop"
+  for dataset in ("hotpotqa", "2wikimultihopqa", "musique"):
+    assert any(dataset in path for path in c.data.train_files)
+    assert any(dataset in path for path in c.data.eval_files)
+
+
+def test_a800_mesh_fits_one_node_and_tpu_mesh_takes_every_chip():
+  a800 = config_lib.load_config_file("qwen3_8b_a800")
+  assert dict(a800.mesh) == {"data": -1, "fsdp": 8, "tensor": 1}
+  tpu = config_lib.load_config_file("qwen3_8b_tpu")
+  assert dict(tpu.mesh) == {"data": 1, "fsdp": -1, "tensor": 1}
+  expected = copy.deepcopy(a800.to_dict())
+  expected["mesh"] = dict(tpu.mesh)
+  assert tpu.to_dict() == expected  # same hyperparameters, only the mesh differs
+
+
+def test_a800_mesh_builds_on_eight_devices():
+  import jax  # pylint: disable=g-import-not-at-top
+  mesh = config_lib.make_mesh(config_lib.load_config_file("qwen3_8b_a800"),
+                              devices=jax.devices()[:8])
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+
+
+LAUNCH_SCRIPTS = ("gpu_slurm.sh", "gpu_multinode.sh", "tpu_pod.sh", "local_multiprocess.sh")
+
+
+def _run_script(name: str, *args: str, env: dict[str, str] | None = None, cwd: str = REPO,
+                timeout: float = 30) -> subprocess.CompletedProcess:
+  full_env = {k: v for k, v in os.environ.items()
+              if k not in ("CONFIG", "WORKDIR", "SLURM_JOB_ID", "TPU_NAME", "ZONE")}
+  full_env.update(env or {})
+  return subprocess.run(["bash", os.path.join(LAUNCH_DIR, name), *args], env=full_env, cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_launch_dir_has_the_scripts_and_a_readme():
+  assert set(LAUNCH_SCRIPTS) == {os.path.basename(p) for p in glob.glob(f"{LAUNCH_DIR}/*.sh")}
+  assert os.path.isfile(os.path.join(LAUNCH_DIR, "README.md"))
+
+
+@pytest.mark.parametrize("name", LAUNCH_SCRIPTS)
+def test_launch_script_parses(name):
+  result = subprocess.run(["bash", "-n", os.path.join(LAUNCH_DIR, name)], capture_output=True,
+                          text=True, timeout=30)
+  assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), r"expected NUM_PROCESSES, CONFIG and WORKDIR, got 0"),
+    (("two", "configs/tiny.py", "/tmp/w"), r"NUM_PROCESSES=two: expected a positive integer"),
+    (("0", "configs/tiny.py", "/tmp/w"), r"NUM_PROCESSES=0: expected a positive integer"),
+    (("2", "configs/missing.py:tiny", "/tmp/w"), r"no file configs/missing\.py"),
+])
+def test_local_multiprocess_argument_check_fails_clearly(args, message):
+  result = _run_script("local_multiprocess.sh", *args)
+  assert result.returncode == 2
+  assert "usage:" in result.stderr
+  assert re.search(message, result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("name, env, message", [
+    ("gpu_slurm.sh", {}, "set CONFIG"),
+    ("gpu_slurm.sh", {"CONFIG": "configs/tiny.py"}, "set WORKDIR"),
+    ("gpu_slurm.sh", {"CONFIG": "configs/tiny.py", "WORKDIR": "/tmp/w"}, "not inside a Slurm job"),
+    ("tpu_pod.sh", {}, "set TPU_NAME"),
+    ("tpu_pod.sh", {"TPU_NAME": "t"}, "set ZONE"),
+    ("tpu_pod.sh", {"TPU_NAME": "t", "ZONE": "z"}, "expected CONFIG and WORKDIR"),
+    ("gpu_multinode.sh", {}, "expected HOSTFILE, CONFIG and WORKDIR"),
+])
+def test_launch_scripts_fail_clearly_on_missing_settings(name, env, message):
+  result = _run_script(name, env=env)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+
+
+def test_gpu_multinode_passes_arguments_intact_to_each_host(tmp_path):
+  """A fake ssh runs the remote command locally: the trainer's argv arrives unchanged."""
+  fake_ssh = tmp_path / "fake_ssh"
+  fake_ssh.write_text(textwrap.dedent("""\
+      #!/usr/bin/env bash
+      FAKE_HOST="${@: -2:1}" bash -c "${@: -1}"
+  """))
+  fake_ssh.chmod(0o755)
+  fake_python = tmp_path / "fake_python"
+  fake_python.write_text(textwrap.dedent(f"""\
+      #!{sys.executable}
+      import json, os, sys
+      process_id = sys.argv[sys.argv.index("--process_id") + 1]
+      with open(os.path.join("{tmp_path}", f"argv-{{process_id}}.json"), "w") as f:
+        json.dump(dict(argv=sys.argv[1:], cwd=os.getcwd(), host=os.environ["FAKE_HOST"],
+                       xla=os.environ["XLA_FLAGS"]), f)
+  """))
+  fake_python.chmod(0o755)
+  (tmp_path / "hosts").write_text("# two hosts\nnode-a\n\nnode-b  # second\n")
+  result = _run_script(
+      "gpu_multinode.sh", str(tmp_path / "hosts"), "configs/tiny.py", "/tmp/run dir",
+      "--config.note=a b 'c'",
+      env={"SSH": str(fake_ssh), "PYTHON": str(fake_python), "LOG_DIR": str(tmp_path / "logs"),
+           "PORT": "4321"})
+  assert result.returncode == 0, result.stderr
+  for process_id, host in enumerate(("node-a", "node-b")):
+    shown = json.loads((tmp_path / f"argv-{process_id}.json").read_text())
+    assert shown["host"] == host
+    assert shown["argv"] == [
+        "-m", "atommem_jax.train", "--config", "configs/tiny.py", "--workdir", "/tmp/run dir",
+        "--coordinator_address", "node-a:4321", "--num_processes", "2",
+        "--process_id", str(process_id), "--config.note=a b 'c'"]
+    assert shown["cwd"] == REPO
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" in shown["xla"]
+
+
+_PROBE = """
+import argparse, json, os, sys
+parser = argparse.ArgumentParser()
+for flag in ("--config", "--workdir", "--coordinator_address"):
+  parser.add_argument(flag)
+parser.add_argument("--num_processes", type=int)
+parser.add_argument("--process_id", type=int)
+parser.add_argument("--fail", action="store_true")
+args = parser.parse_args()
+if args.fail and args.process_id == 1:
+  sys.exit("process 1 fails on purpose")
+import jax
+jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+with open(os.path.join(args.workdir, f"{args.process_id}.json"), "w") as f:
+  json.dump(dict(process_count=jax.process_count(), process_index=jax.process_index(),
+                 device_count=jax.device_count(),
+                 local_device_count=jax.local_device_count()), f)
+"""
+
+
+@pytest.mark.multiprocess
+def test_local_multiprocess_joins_processes_into_one_jax_cluster(tmp_path):
+  (tmp_path / "dist_probe.py").write_text(_PROBE)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  env = {"MODULE": "dist_probe", "PYTHONPATH": str(tmp_path), "DEVICES_PER_PROCESS": "2",
+         "PYTHON": sys.executable, "LOG_DIR": str(tmp_path / "logs")}
+  result = _run_script("local_multiprocess.sh", "2", "configs/tiny.py", str(workdir), env=env,
+                       timeout=120)
+  assert result.returncode == 0, result.stderr
+  for process_id in range(2):
+    shown = json.loads((workdir / f"{process_id}.json").read_text())
+    assert shown == dict(process_count=2, process_index=process_id, device_count=4,
+                         local_device_count=2)
+
+
+@pytest.mark.multiprocess
+def test_local_multiprocess_stops_the_others_when_one_fails(tmp_path):
+  """Process 1 dies before joining; process 0 would wait minutes for it, but is stopped."""
+  (tmp_path / "dist_probe.py").write_text(_PROBE)
+  env = {"MODULE": "dist_probe", "PYTHONPATH": str(tmp_path), "DEVICES_PER_PROCESS": "1",
+         "PYTHON": sys.executable, "LOG_DIR": str(tmp_path / "logs")}
+  result = _run_script("local_multiprocess.sh", "2", "configs/tiny.py", str(tmp_path), "--fail",
+                       env=env, timeout=60)
+  assert result.returncode == 1
+  assert "a process failed" in result.stderr
+  assert "process 1 fails on purpose" in result.stderr
