@@ -3,7 +3,8 @@
 The KV cache has a fixed size (prompt bucket + max_new_tokens), so one compiled program serves
 every batch whose prompts fit the same bucket. Returns the sampled tokens, their
 log-probabilities under the sampling distribution before top-k/top-p filtering (the "old
-policy" log-probs that GRPO needs) and per-row lengths.
+policy" log-probs that GRPO needs) and per-row lengths. `sample` is the same program
+un-jitted, with inactive rows and activation shardings, for the jitted episode loop.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from atommem_jax.model import qwen3
+from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
+
+_ROWS = ("act_batch", "act_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,16 +106,34 @@ def _pick(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[
   return token.astype(jnp.int32), jnp.take_along_axis(logprob, token[:, None], axis=-1)[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling"))
-def generate(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-             rng: jax.Array, sampling: SamplingConfig) -> Samples:
-  """Samples up to `sampling.max_new_tokens` tokens for left-padded prompts [B, P]."""
+def sample(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+           rng: jax.Array, sampling: SamplingConfig, *, active: jax.Array | None = None,
+           mesh: Mesh | None = None, rules: sharding.Rules | None = None) -> Samples:
+  """The un-jitted sampler, for use inside other jitted programs (the episode loop).
+
+  Args:
+    prompt_tokens, prompt_mask: left-padded prompts [B, P] and their mask (1 = real token).
+    active: [B] bool; inactive rows generate nothing (pad tokens, 0 log-probs, length 0)
+      and never keep the decode loop running. None means every row is active.
+    mesh, rules: constrain activations and the KV cache to their logical shardings.
+  """
   batch, prompt_len = prompt_tokens.shape
   max_new = sampling.max_new_tokens
+  rules = rules or sharding.DEFAULT_RULES
+  shard = sharding.ActivationSharding(mesh, rules)
+  active = jnp.ones((batch,), bool) if active is None else active.astype(bool)
   cache = qwen3.init_cache(config, batch, prompt_len + max_new)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
-  logits, cache = qwen3.forward(config, params, prompt_tokens, positions,
-                                attention_mask=prompt_mask, cache=cache)
+  cache_axes = qwen3.cache_logical_axes()
+  cache = {name: shard(value, cache_axes[name]) for name, value in cache.items()}
+  positions = qwen3.positions_from_mask(prompt_mask)
+  forward = functools.partial(qwen3.forward, config, params, mesh=mesh, rules=rules)
+  # Prefill all but the last prompt token for the cache only (their [B, P, V] logits are
+  # dead code), then the last token alone: the vocab projection runs on one position.
+  if prompt_len > 1:
+    _, cache = forward(prompt_tokens[:, :-1], positions[:, :-1],
+                       attention_mask=prompt_mask[:, :-1], cache=cache)
+  logits, cache = forward(prompt_tokens[:, -1:], positions[:, -1:],
+                          attention_mask=prompt_mask[:, -1:], cache=cache)
   eos_ids = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
 
   def cond(state):
@@ -126,14 +149,22 @@ def generate(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask:
     tokens = tokens.at[:, step].set(token)
     logprobs = logprobs.at[:, step].set(logprob)
     done = done | jnp.isin(token, eos_ids)
-    logits, cache = qwen3.forward(config, params, token[:, None], next_pos[:, None],
-                                  attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache)
+    logits, cache = forward(token[:, None], next_pos[:, None],
+                            attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache)
     return (step + 1, cache, logits[:, -1], done, next_pos + 1, tokens, logprobs, rng)
 
-  state = (jnp.int32(0), cache, logits[:, -1], jnp.zeros((batch,), bool), positions[:, -1] + 1,
-           jnp.full((batch, max_new), sampling.pad_id, jnp.int32),
-           jnp.zeros((batch, max_new), jnp.float32), rng)
+  state = (jnp.int32(0), cache, logits[:, -1], ~active, positions[:, -1] + 1,
+           shard(jnp.full((batch, max_new), sampling.pad_id, jnp.int32), _ROWS),
+           shard(jnp.zeros((batch, max_new), jnp.float32), _ROWS), rng)
   _, _, _, _, _, tokens, logprobs, _ = jax.lax.while_loop(cond, body, state)
   is_eos = jnp.isin(tokens, eos_ids)
   first_eos = jnp.where(jnp.any(is_eos, axis=-1), jnp.argmax(is_eos, axis=-1) + 1, max_new)
-  return Samples(tokens=tokens, logprobs=logprobs, lengths=first_eos.astype(jnp.int32))
+  lengths = jnp.where(active, first_eos, 0).astype(jnp.int32)
+  return Samples(tokens=tokens, logprobs=logprobs, lengths=lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling"))
+def generate(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+             rng: jax.Array, sampling: SamplingConfig) -> Samples:
+  """Samples up to `sampling.max_new_tokens` tokens for left-padded prompts [B, P]."""
+  return sample(config, params, prompt_tokens, prompt_mask, rng, sampling)

@@ -1,0 +1,129 @@
+"""`python -m atommem_jax.evaluate` end to end: scripted and model policies, outputs, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from atommem_jax import evaluate
+from atommem_jax.data import multihop
+from atommem_jax.data.tokenizer import qwen3_tokenizer_dir
+from atommem_jax.model import config as config_lib
+from atommem_jax.model import hf
+from atommem_jax.model import qwen3
+from atommem_jax.model import sharding
+from atommem_jax.train import checkpoint as checkpoint_lib
+from atommem_jax.train import state as state_lib
+from _paths import SHARED_DATA
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY = os.path.join(_REPO, "configs", "tiny.py")
+# The tiny config with the real Qwen3 tokenizer (its "synthetic" BPE is trained by the
+# training run) and synthetic documents long enough for the generator.
+_OVERRIDES = ["--config.tokenizer=qwen3", "--config.data.synthetic.doc_length=4",
+              "--config.eval.batch_size=4", "--config.mesh.data=1"]
+
+
+def _evaluate(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "-m", "atommem_jax.evaluate", f"--config={_TINY}",
+                         *_OVERRIDES, *args], cwd=_REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _hotpot_file(tmp_path) -> str:
+  samples = multihop.read_dataset("hotpotqa", str(SHARED_DATA / "hotpotqa_dev_200.jsonl"))
+  contexts = multihop.build_long_contexts(samples[:3], num_docs=4, seed=0, pool=samples)
+  path = str(tmp_path / "hotpot_small.jsonl")
+  multihop.save_long_contexts(contexts, path)
+  return path
+
+
+def _check_outputs(out, datasets) -> dict:
+  assert sorted(os.listdir(out)) == ["episodes.md", "summary.json", "summary.png"]
+  summary = json.loads((out / "summary.json").read_text())
+  assert sorted(summary["datasets"]) == sorted(datasets)
+  for result in summary["datasets"].values():
+    for field in ("contexts", "questions", "documents_per_context", "exact_match", "f1",
+                  "reward", "episodes_per_second"):
+      assert field in result
+    for field in ("creates", "reads", "updates", "deletes", "final_store_size", "num_invalid"):
+      assert field in result["operations"]
+  log = (out / "episodes.md").read_text()
+  assert "### step 0" in log and "store after the step" in log
+  assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
+  return summary
+
+
+def test_oracle_through_the_cli_is_near_perfect(tmp_path):
+  data = _hotpot_file(tmp_path)
+  out = tmp_path / "out"
+  run = _evaluate("--policy=oracle", "--data=synthetic", f"--data={data}", "--limit=4",
+                  f"--out={out}", "--config.rollout.prompt_buckets=(1024,)")
+  assert run.returncode == 0, run.stderr[-3000:]
+  summary = _check_outputs(out, ["synthetic", "hotpot_small"])
+  synthetic = summary["datasets"]["synthetic"]
+  assert synthetic["contexts"] == 4 and synthetic["documents_per_context"] == 6
+  assert synthetic["exact_match"] >= 0.75
+  assert summary["datasets"]["hotpot_small"]["contexts"] == 3
+  assert synthetic["operations"]["creates"] > 0
+  assert "EM" in run.stdout
+
+
+def test_random_init_model_through_the_cli(tmp_path):
+  out = tmp_path / "out"
+  run = _evaluate("--data=synthetic", "--limit=2", f"--out={out}",
+                  "--config.model.preset=tiny-qwen-vocab", "--config.rollout.max_new_tokens=4",
+                  "--config.rollout.prompt_buckets=(512,)")
+  assert run.returncode == 0, run.stderr[-3000:]
+  summary = _check_outputs(out, ["synthetic"])
+  assert summary["weights"] == "random init of tiny-qwen-vocab"
+  assert 0.0 <= summary["datasets"]["synthetic"]["exact_match"] <= 1.0
+
+
+@pytest.mark.slow
+def test_hf_dir_model_through_the_cli(tmp_path):
+  config = config_lib.preset("tiny-qwen-vocab")
+  hf.save_hf(config, qwen3.init_params(config, jax.random.key(1)), str(tmp_path / "hf"),
+             tokenizer_dir=qwen3_tokenizer_dir())
+  out = tmp_path / "out"
+  run = _evaluate("--data=synthetic", "--limit=2", f"--out={out}", f"--hf_dir={tmp_path}/hf",
+                  "--config.rollout.max_new_tokens=4", "--config.rollout.prompt_buckets=(512,)")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert _check_outputs(out, ["synthetic"])["weights"] == f"{tmp_path}/hf"
+
+
+def test_checkpoint_params_are_restored_in_the_rollout_dtype(tmp_path):
+  config = config_lib.preset("tiny")
+  optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig())
+  state = state_lib.create_train_state(config, jax.random.key(0), optimizer)
+  with checkpoint_lib.Checkpointer(tmp_path, async_save=False) as checkpointer:
+    checkpointer.save(state, step=3)
+    checkpointer.save(state, step=5)
+  rollout_config = config.replace(param_dtype="bfloat16", dtype="bfloat16")
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  restore = evaluate._restore_params  # pylint: disable=protected-access
+  params = restore(str(tmp_path), rollout_config, mesh)
+  for restored, saved in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    assert restored.dtype == np.dtype("bfloat16")
+    np.testing.assert_array_equal(np.asarray(restored, np.float32),
+                                  np.asarray(saved.astype("bfloat16"), np.float32))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data=missing.jsonl"], "--data missing.jsonl: no such file"),
+    (["--data=synthetic", "--checkpoint=.", "--hf_dir=."], "either --checkpoint"),
+    ([], "--data is required"),
+    (["--data=synthetic", "--config.env.chunk_tokens=0"], "chunk_tokens=0"),
+])
+def test_bad_flags_give_clear_errors(tmp_path, args, message):
+  run = _evaluate(*args, f"--out={tmp_path}/out", timeout=120)
+  assert run.returncode != 0
+  assert message in run.stderr
+  assert "Traceback" not in run.stderr
