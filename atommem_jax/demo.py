@@ -1,77 +1,79 @@
-"""`make demo`: the most complete path the project has today, end to end on a CPU.
+r"""`make demo`: the training job on the embedded default config, plus the no-Update ablation.
 
-Builds a tiny Qwen3 with the real 151936-entry vocabulary (random init), loads the real Qwen3
-tokenizer offline, renders an AtomMem-style chat prompt, generates greedily with the jitted
-KV-cache sampler, checks that the cached decode agrees with the full forward pass, exports the
-model to a Hugging Face directory and loads it back.
+  python -m atommem_jax.demo [--config configs/tiny.py] [--workdir workdir/demo] \
+      [--config.seed=N] [--ablation=sft|eval|none]
+
+1. `atommem_jax.train.loop.run` on the config in --workdir: synthetic BPE tokenizer, tiny
+   Qwen3 from random init, SFT on oracle trajectories, GRPO, greedy evaluation on held-out
+   synthetic contexts (random init, after SFT, after GRPO) and HF export.
+2. The no-Update ablation (default "eval": a second SFT does not fit the demo's ~10 minutes
+   on a 2-core CPU). "sft" (in --workdir/no_update): the same SFT on oracle
+   trajectories of an environment with Update disabled, evaluated with Update disabled (no
+   GRPO). "eval" (cheaper): the policy of step 1 after SFT, evaluated in an environment
+   that refuses Update (its Update actions count as invalid): what Update is worth to a
+   policy trained with it, not a policy trained without it.
+
+Prints the EM table and the wall times; writes them to --workdir/demo_results.json. A rerun
+resumes (or reuses) both runs from their checkpoints.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import tempfile
 import time
+from typing import Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
 
-from atommem_jax.data import tokenizer as tok_lib
-from atommem_jax.model import config as config_lib
-from atommem_jax.model import hf
-from atommem_jax.model import qwen3
-from atommem_jax.rollout import sampler
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "experiment config")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "run directory")
+_ABLATION = flags.DEFINE_enum("ablation", "eval", ["sft", "eval", "none"],
+                              "no-Update ablation: a second SFT without Update, the SFT policy "
+                              "evaluated without Update, or none")
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--preset", default="tiny-qwen-vocab", help="Qwen3 preset name")
-  parser.add_argument("--max_new_tokens", type=int, default=24)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
-
-  config = config_lib.preset(args.preset)
-  print(f"[1/5] Qwen3 preset {args.preset!r}: {config.num_params() / 1e6:.1f}M parameters, "
-        f"{config.num_hidden_layers} layers, vocab {config.vocab_size}; devices: {jax.devices()}")
-  params = qwen3.init_params(config, jax.random.key(args.seed))
-
-  tokenizer = tok_lib.load_tokenizer()
-  messages = [
-      {"role": "system", "content": "You read a long context chunk by chunk and manage your memory "
-                                    "with <add_memory>, <update_query>, <modify_memory>, "
-                                    "<delete_memory> and <update_memory> tags."},
-      {"role": "user", "content": "Question: Which city hosts the Louvre?\n\nChunk: The Louvre, "
-                                  "the world's most-visited museum, is in Paris."},
-  ]
-  prompt = tokenizer.encode(tok_lib.render_chat(tokenizer, messages), add_special_tokens=False)
-  print(f"[2/5] real Qwen3 tokenizer ({len(tokenizer)} tokens); chat prompt of {len(prompt)} tokens")
-
-  tokens, mask = sampler.left_pad([prompt, prompt[-20:]], sampler.bucket_length(len(prompt), (64, 128, 256)),
-                                  tokenizer.pad_token_id)
-  sampling = sampler.SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=True,
-                                    eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id)
-  start = time.perf_counter()
-  out = jax.block_until_ready(sampler.generate(config, params, tokens, mask, jax.random.key(1), sampling))
-  print(f"[3/5] greedy generation of {args.max_new_tokens} tokens x 2 rows in "
-        f"{time.perf_counter() - start:.1f}s (compile included); row 0 continues with "
-        f"{tokenizer.decode(np.asarray(out.tokens[0]))!r} (random weights)")
-
-  full = np.concatenate([tokens[0][mask[0] == 1], np.asarray(out.tokens[0])])
-  reference = qwen3.logits(config, params, jnp.asarray(full[None]))
-  reference_tokens = np.asarray(jnp.argmax(reference[0, len(prompt) - 1:-1], axis=-1))
-  agree = np.mean(reference_tokens == np.asarray(out.tokens[0]))
-  print(f"[4/5] full-forward argmax agrees with the cached decode on {agree:.0%} of tokens")
-
-  with tempfile.TemporaryDirectory() as export_dir:
-    hf.save_hf(config, params, export_dir, tokenizer_dir=tok_lib.qwen3_tokenizer_dir())
-    _, loaded = hf.load_hf(export_dir)
-    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)))
-    print(f"[5/5] exported to Hugging Face format ({sorted(os.listdir(export_dir))}); "
-          f"reloaded {'identical' if same else 'DIFFERENT'} parameters")
-  if agree < 1.0 or not same:
-    raise SystemExit("demo check failed")
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e)) from e
+  started = time.perf_counter()
+  main_run = loop.run(config, _WORKDIR.value)
+  rows = [(label, main_run["evaluations"][name]) for name, label in loop.ROWS
+          if name in main_run["evaluations"]]
+  seconds = {"main": main_run["seconds"]}
+  ablation = config.copy_and_resolve_references()
+  ablation.env.update = False
+  if _ABLATION.value == "sft":
+    ablation.grpo.steps = 0
+    ablation_run = loop.run(ablation, os.path.join(_WORKDIR.value, "no_update"),
+                            evaluate_init=False)
+    rows.append(("no_update (own SFT)", ablation_run["evaluations"]["sft"]))
+    seconds["no_update"] = ablation_run["seconds"]
+  elif _ABLATION.value == "eval":
+    ablation_started = time.perf_counter()
+    summary = loop.evaluate_without_update(config, _WORKDIR.value)
+    rows.append(("SFT, Update refused", summary))
+    seconds["no_update"] = time.perf_counter() - ablation_started
+  seconds["total"] = time.perf_counter() - started
+  print(f"\nDemo (seed {config.seed}): EM on {config.data.synthetic.eval_contexts} held-out "
+        "synthetic episodes, greedy decoding")
+  print(loop.format_table(rows))
+  print("wall time: " + ", ".join(f"{name} {value:.0f}s" for name, value in seconds.items()))
+  with open(os.path.join(_WORKDIR.value, "demo_results.json"), "w") as f:
+    json.dump({"seed": config.seed, "rows": dict(rows), "seconds": seconds}, f, indent=2)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

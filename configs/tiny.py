@@ -16,9 +16,11 @@ def get_config():
   c = config_lib.base_config()
   c.model.update(preset="tiny", param_dtype="float32", dtype="float32", rollout_dtype="float32",
                  remat="none")
-  # Architecture fields replacing the preset's (applied by atommem_jax.train.setup).
-  c.model.overrides = ml_collections.ConfigDict(dict(hidden_size=128, intermediate_size=384,
-                                                     num_hidden_layers=2, head_dim=32))
+  # Architecture fields replacing the preset's (applied by atommem_jax.train.setup): a
+  # 2048-entry vocabulary makes every synthetic name one token, with or without a space.
+  c.model.overrides = ml_collections.ConfigDict(dict(
+      vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+      head_dim=32))
   c.tokenizer = "synthetic"
   c.embedder = "hashing:256"
   c.env.update(chunk_tokens=96, chunk_overlap=8, max_chunks=8, top_k=3, max_retrieved_tokens=96,
@@ -26,11 +28,11 @@ def get_config():
                max_content_chars=200, store_backend="exact",
                prompt_template=os.path.join(os.path.dirname(__file__), "tiny_prompt.txt"))
   c.data.kind = "synthetic"
-  c.data.synthetic.update(train_contexts=512, eval_contexts=64, num_entities=4, num_cities=3,
+  c.data.synthetic.update(train_contexts=4096, eval_contexts=64, num_entities=4, num_cities=3,
                           num_docs=6, hops=1, num_updates=1, doc_length=4)
   c.rollout.update(prompt_buckets=(192, 256), max_new_tokens=40)
-  c.sft.update(steps=300, batch_size=16, max_len=512, lr=3e-3, warmup_steps=20, packing=True)
-  c.grpo.update(steps=10, questions_per_batch=4, group_size=4, lr=1e-4, warmup_steps=2)
+  c.sft.update(steps=1500, batch_size=16, max_len=512, lr=5e-3, warmup_steps=20, packing=True)
+  c.grpo.update(steps=20, questions_per_batch=4, group_size=4, lr=2e-4, warmup_steps=2)
   c.eval.update(num_contexts=64, batch_size=32)
   c.checkpoint.update(every_steps=50, max_to_keep=2)
   return c

@@ -1,0 +1,118 @@
+"""The whole training job: tokenizer, SFT, GRPO, evaluation, export; resumable.
+
+`run(config, workdir)` is what `python -m atommem_jax.train` calls. Evaluations (random
+init, after SFT, after GRPO) are cached in workdir/evaluations.json, so a resumed run does
+not repeat them; the final policy is exported to workdir/hf (or export.hf_dir).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from atommem_jax.model import hf
+from atommem_jax.model import qwen3
+from atommem_jax.train import setup
+from atommem_jax.train import sft_data
+from atommem_jax.train import stages
+
+EVALUATIONS_FILE = "evaluations.json"
+ROWS = (("init", "random init"), ("sft", "after SFT"), ("grpo", "after GRPO"))
+
+
+def _load_evaluations(workdir: str) -> dict[str, dict[str, float]]:
+  path = os.path.join(workdir, EVALUATIONS_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _store_evaluation(workdir: str, evaluations: dict, name: str, summary: dict) -> None:
+  evaluations[name] = summary
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, EVALUATIONS_FILE), "w") as f:
+      json.dump(evaluations, f, indent=2)
+
+
+def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
+  """A plain-text table of evaluation summaries (one row per policy)."""
+  columns = ("exact_match", "f1", "creates", "reads", "updates", "deletes", "store_size",
+             "invalid")
+  lines = [f"{'policy':<22}" + "".join(f"{c:>12}" for c in columns)]
+  for name, summary in rows:
+    lines.append(f"{name:<22}" + "".join(f"{summary.get(c, float('nan')):>12.3f}"
+                                         for c in columns))
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        evaluate_init: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) every stage in `workdir`; returns {"evaluations", "seconds", ...}.
+
+  `evaluate_init=False` skips the evaluation of the random init (ablation runs).
+  """
+  started = time.perf_counter()
+  job = setup.prepare(config, workdir)
+  job.log(f"model: {job.model_config.num_params() / 1e6:.2f}M parameters, vocab "
+          f"{job.model_config.vocab_size} (tokenizer {len(job.tokenizer)} entries); mesh "
+          f"{dict(job.mesh.shape)}; workdir {workdir}")
+  train_contexts = sft_data.load_contexts(config, "train")
+  eval_contexts = sft_data.load_contexts(config, "eval")
+  evaluate = stages.make_evaluator(job, eval_contexts)
+  evaluations = _load_evaluations(workdir)
+
+  def evaluate_once(name: str, params, step: int) -> None:
+    if evaluations.get(name, {}).get("step") != step and eval_contexts:
+      _store_evaluation(workdir, evaluations, name, {**evaluate(params, name, step),
+                                                     "step": step})
+
+  sft_steps, grpo_steps = config.sft.steps, config.grpo.steps
+  init_key = jax.random.key(config.seed)
+  sft_done = stages.stage_progress(job, stages.SFT)
+  grpo_done = stages.stage_progress(job, stages.GRPO)
+  if evaluate_init and "init" not in evaluations and sft_done == 0 and grpo_done == 0:
+    evaluate_once("init", qwen3.init_params(job.model_config, init_key, job.mesh), 0)
+
+  params = None
+  if sft_steps and grpo_done == 0:
+    examples = stages.sft_examples(job, train_contexts) if sft_done < sft_steps else []
+    params = stages.run_sft(job, init_key, examples, 0, evaluate)
+  elif sft_steps:
+    params = stages.restore_params(job, stages.SFT)
+  if params is None:
+    params = qwen3.init_params(job.model_config, init_key, job.mesh)
+  if sft_steps:
+    evaluate_once("sft", params, sft_steps)
+
+  if grpo_steps:
+    reference = (stages.restore_params(job, stages.SFT) if sft_steps else
+                 jax.tree.map(lambda x: x.copy(), params))
+    params = stages.run_grpo(job, params, reference, train_contexts, sft_steps, evaluate)
+    evaluate_once("grpo", params, sft_steps + grpo_steps)
+
+  hf_dir = config.export.hf_dir or os.path.join(workdir, "hf")
+  hf.save_hf(job.model_config, params, hf_dir, tokenizer_dir=job.tokenizer_dir)
+  job.writer.close()
+  seconds = time.perf_counter() - started
+  rows = [(label, evaluations[name]) for name, label in ROWS if name in evaluations]
+  if rows:
+    job.log("\n" + format_table(rows))
+  job.log(f"exported the final policy to {hf_dir}; total {seconds:.0f}s")
+  return {"evaluations": evaluations, "seconds": seconds, "hf_dir": hf_dir}
+
+
+def evaluate_without_update(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """The finished run's SFT policy evaluated in an environment that refuses Update."""
+  job = setup.prepare(config, workdir)
+  job = dataclasses.replace(job, env_config=dataclasses.replace(job.env_config, update=False))
+  evaluate = stages.make_evaluator(job, sft_data.load_contexts(config, "eval"))
+  summary = evaluate(stages.restore_params(job, stages.SFT), "sft_no_update", config.sft.steps)
+  job.writer.close()
+  return summary

@@ -1,0 +1,121 @@
+"""Training data of the job: contexts, the tokenizer, SFT examples and their batches.
+
+Every order is a pure function of (seed, step), so that a resumed run sees the same data
+as an uninterrupted one: `sft_batch_indices(num_examples, batch_size, seed, step)` shuffles
+once per epoch with a key folded from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from atommem_jax.agent import env as env_lib
+from atommem_jax.agent import oracle
+from atommem_jax.data import multihop
+from atommem_jax.data import synthetic
+from atommem_jax.data import tokenizer as tokenizer_lib
+from atommem_jax.train.batch import Example
+
+SYNTHETIC_TOKENIZER = "synthetic"
+_CORPUS_EPISODES = 512  # oracle episodes whose prompts and responses join the BPE corpus
+
+
+def synthetic_contexts(config, split: str) -> list[multihop.LongContext]:
+  """Train (seed) or eval (seed + 1, as `atommem_jax.evaluate`) synthetic contexts."""
+  fields = dict(config.data.synthetic)
+  counts = {"train": fields.pop("train_contexts"), "eval": fields.pop("eval_contexts")}
+  seed = config.seed + (1 if split == "eval" else 0)
+  return synthetic.generate_synthetic(counts[split], seed=seed, **fields)
+
+
+def load_contexts(config, split: str) -> list[multihop.LongContext]:
+  """The split's contexts: synthetic, or the multihop files of data.{train,eval}_files."""
+  if config.data.kind == "synthetic":
+    return synthetic_contexts(config, split)
+  files = config.data.train_files if split == "train" else config.data.eval_files
+  contexts = [c for path in files for c in multihop.load_long_contexts(path)]
+  limit = config.eval.num_contexts if split == "eval" else 0
+  return contexts[:limit] if limit else contexts
+
+
+def _document_texts(contexts: Sequence[multihop.LongContext]) -> list[str]:
+  texts = []
+  for context in contexts:
+    texts += [f"{doc.title}\n{doc.text}" for doc in context.documents]
+    texts += [question.question for question in context.questions]
+  return texts
+
+
+def train_synthetic_tokenizer(contexts: Sequence[multihop.LongContext], vocab_size: int,
+                              env_config: env_lib.EnvConfig, embedder, out_dir: str):
+  """A BPE trained on documents, questions, and oracle prompts and responses; saved to out_dir.
+
+  The prompts (system text, headers) only exist once a tokenizer chunks the context, so a
+  first BPE on the documents drives a few oracle episodes whose texts join the corpus of
+  the final one.
+  """
+  texts = _document_texts(contexts)
+  draft = tokenizer_lib.train_bpe_tokenizer(texts, vocab_size)
+  env = env_lib.MemoryEnv(env_config, draft, embedder)
+  results = oracle.run_episodes(env, oracle.OraclePolicy(enabled=env_config.enabled_actions),
+                                contexts[:_CORPUS_EPISODES])
+  for result in results:
+    for turn in result.trajectory:
+      texts += [turn.prompt_text, turn.response]
+  return tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, out_dir)
+
+
+def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_lib.EnvConfig,
+                    tokenizer, embedder) -> tuple[list[Example], float]:
+  """SFT examples (one per step, response ended by EOS) of the oracle, and its mean reward."""
+  env = env_lib.MemoryEnv(env_config, tokenizer, embedder)
+  results = oracle.run_episodes(env, oracle.OraclePolicy(enabled=env_config.enabled_actions),
+                                contexts)
+  eos = tokenizer.eos_token_id
+  examples = [Example(turn.prompt_token_ids,
+                      tokenizer.encode(turn.response, add_special_tokens=False) + [eos])
+              for result in results for turn in result.trajectory]
+  return examples, float(np.mean([result.reward for result in results]))
+
+
+def file_examples(path: str, tokenizer) -> list[Example]:
+  """SFT examples from JSON lines {"prompt": ..., "completion": ...} (rendered texts)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config field data.sft_file={path!r}: no such file; give JSON "
+                            "lines with 'prompt' and 'completion' strings")
+  examples = []
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        prompt, completion = record["prompt"], record["completion"]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{line_number}: expected a JSON object with 'prompt' and "
+                         f"'completion' strings ({e})") from e
+      response = tokenizer.encode(completion, add_special_tokens=False)
+      if not response or response[-1] != tokenizer.eos_token_id:
+        response.append(tokenizer.eos_token_id)
+      examples.append(Example(tokenizer.encode(prompt, add_special_tokens=False), response))
+  if not examples:
+    raise ValueError(f"{path}: no examples; give JSON lines with 'prompt' and 'completion'")
+  return examples
+
+
+def sft_batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Example indices of SFT step `step` (0-based): epochs of a (seed, epoch) permutation."""
+  per_epoch = max(num_examples // batch_size, 1)
+  epoch, position = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  return order[position * batch_size:(position + 1) * batch_size]
+
+
+def grpo_context_indices(num_contexts: int, batch_size: int, seed: int, step: int
+                         ) -> np.ndarray:
+  """Context indices of GRPO step `step` (0-based), drawn like the SFT batches."""
+  return sft_batch_indices(num_contexts, batch_size, seed + 1_000_003, step)

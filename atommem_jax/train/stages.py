@@ -1,0 +1,269 @@
+"""The SFT and GRPO stages: resumable step loops that log, evaluate and checkpoint.
+
+Each stage checkpoints into workdir/checkpoints/<stage> with meta {"stage", "stage_step"}
+(steps done, which is also the data position: batches and rollout keys are pure functions
+of (seed, stage, step)). A stage that finds a complete checkpoint continues after it; the
+final step is always saved, so the SFT directory's newest step is the GRPO reference.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import tqdm
+
+from atommem_jax import config_lib
+from atommem_jax.agent import stats as stats_lib
+from atommem_jax.rollout import episode as episode_lib
+from atommem_jax.train import batch as batch_lib
+from atommem_jax.train import checkpoint as checkpoint_lib
+from atommem_jax.train import losses
+from atommem_jax.train import metrics as metrics_lib
+from atommem_jax.train import sft_data
+from atommem_jax.train import state as state_lib
+from atommem_jax.train import steps as steps_lib
+from atommem_jax.train.setup import Job
+
+SFT, GRPO = "sft", "grpo"
+_STAGE_IDS = {SFT: 1, GRPO: 2}
+_ROW_QUANTUM = 16  # GRPO batches are padded to a multiple of this many rows (few compiles)
+_STATE_KEY_STEP = 2**32 - 1  # folded in for the TrainState's own key (never a step)
+
+Params = dict[str, Any]
+Evaluator = Callable[[Params, str, int], dict[str, float]]
+
+
+def stage_key(seed: int, stage: str, step: int) -> jax.Array:
+  """The PRNG key of (seed, stage, step): rollouts and shuffles never depend on history."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _STAGE_IDS[stage]), step)
+
+
+def optimizer_config(section) -> state_lib.OptimizerConfig:
+  return state_lib.OptimizerConfig(learning_rate=section.lr, warmup_steps=section.warmup_steps,
+                                   weight_decay=section.weight_decay,
+                                   grad_clip_norm=section.grad_clip or None)
+
+
+def checkpointer(job: Job, stage: str) -> checkpoint_lib.Checkpointer:
+  c = job.config.checkpoint
+  return checkpoint_lib.Checkpointer(os.path.join(job.workdir, "checkpoints", stage),
+                                     max_to_keep=c.max_to_keep, async_save=c.async_save)
+
+
+def stage_progress(job: Job, stage: str) -> int:
+  """Steps of `stage` already done according to its newest complete checkpoint (0: none)."""
+  directory = os.path.join(job.workdir, "checkpoints", stage)
+  if not os.path.isdir(directory):
+    return 0
+  with checkpointer(job, stage) as manager:
+    step = manager.latest_step()
+  return 0 if step is None else step
+
+
+def restore_params(job: Job, stage: str) -> Params:
+  """Params of the newest complete checkpoint of `stage` (sharded for training)."""
+  optimizer = state_lib.make_optimizer(optimizer_config(job.config[stage]))
+  target = state_lib.abstract_train_state(job.model_config, optimizer, job.mesh)
+  with checkpointer(job, stage) as manager:
+    state, _ = manager.restore(target)
+  return state.params
+
+
+def _start_state(job: Job, stage: str, optimizer, init: Params | jax.Array,
+                 manager: checkpoint_lib.Checkpointer) -> tuple[state_lib.TrainState, int]:
+  """The stage's state: from its newest checkpoint, else fresh from `init` (params or key)."""
+  if manager.latest_step() is not None:
+    target = state_lib.abstract_train_state(job.model_config, optimizer, job.mesh)
+    state, meta = manager.restore(target)
+    job.log(f"{stage}: resuming after step {meta['stage_step']} from {manager.directory}")
+    return state, int(meta["stage_step"])
+  rng = None if isinstance(init, jax.Array) else stage_key(job.config.seed, stage, _STATE_KEY_STEP)
+  return state_lib.create_train_state(job.model_config, init, optimizer, job.mesh, rng=rng), 0
+
+
+def _save(manager: checkpoint_lib.Checkpointer, state, stage: str, step: int,
+          force: bool = False) -> None:
+  manager.save(state, {"stage": stage, "stage_step": step}, step=step, force=force)
+
+
+def _row_multiple(job: Job, section) -> int:
+  shards = job.mesh.shape["data"] * job.mesh.shape["fsdp"]
+  return shards * section.grad_accum * section.get("num_minibatches", 1)
+
+
+def train_buckets(job: Job) -> tuple[int, ...]:
+  r = job.config.rollout
+  return tuple(b + r.max_new_tokens for b in r.prompt_buckets)
+
+
+def sft_examples(job: Job, contexts) -> list[batch_lib.Example]:
+  """Oracle trajectories of the training contexts, or data.sft_file when set."""
+  if job.config.data.sft_file:
+    return sft_data.file_examples(job.config.data.sft_file, job.tokenizer)
+  examples, reward = sft_data.oracle_examples(contexts, job.env_config, job.tokenizer,
+                                              job.embedder)
+  job.log(f"sft: {len(examples)} oracle steps from {len(contexts)} contexts "
+          f"(oracle reward {reward:.3f})")
+  return examples
+
+
+def _sft_batch(job: Job, examples, step: int) -> batch_lib.TrainBatch:
+  c = job.config.sft
+  picked = [examples[i] for i in sft_data.sft_batch_indices(len(examples), c.batch_size,
+                                                            job.config.seed, step)]
+  if c.packing:
+    return batch_lib.pack_examples(picked, length=c.max_len, pad_id=job.pad_id,
+                                   row_multiple=_row_multiple(job, c))
+  return batch_lib.pad_examples(picked, buckets=train_buckets(job), pad_id=job.pad_id,
+                                num_rows=c.batch_size, row_multiple=_row_multiple(job, c))
+
+
+def _progress(stage: str, start: int, total: int):
+  return tqdm.tqdm(range(start, total), initial=start, total=total, desc=stage, unit="step",
+                   file=sys.stderr, disable=jax.process_index() != 0, dynamic_ncols=True)
+
+
+def _maybe_evaluate(job: Job, evaluate: Evaluator, params: Params, stage: str, step: int,
+                    total: int) -> None:
+  every = job.config.eval.every_steps
+  if every and step % every == 0 and step < total:
+    evaluate(params, f"{stage}_step{step}", step)
+
+
+def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
+            evaluate: Evaluator) -> Params:
+  """SFT on `examples` for sft.steps steps; returns the final params."""
+  c = job.config.sft
+  optimizer = state_lib.make_optimizer(optimizer_config(c))
+  sft_step = steps_lib.make_sft_step(job.model_config, optimizer, job.mesh,
+                                     grad_accum_steps=c.grad_accum)
+  timer = metrics_lib.StepTimer()
+  with checkpointer(job, SFT) as manager:
+    state, start = _start_state(job, SFT, optimizer, init, manager)
+    for step in _progress(SFT, start, c.steps):
+      batch = _sft_batch(job, examples, step)
+      timer.start()
+      state, metrics = sft_step(state, batch)
+      timing = timer.stop(float(np.sum(batch.segment_ids > 0)), metrics)
+      job.writer.write(offset + step + 1, {**metrics, **timing}, prefix="sft/")
+      if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == c.steps:
+        _save(manager, state, SFT, step + 1, force=step + 1 == c.steps)
+      _maybe_evaluate(job, evaluate, state.params, SFT, step + 1, c.steps)
+  return state.params
+
+
+def _rollout_metrics(rollout: episode_lib.Rollout) -> dict[str, float]:
+  results = [e.result for e in rollout.episodes]
+  usage = stats_lib.summarize([r.stats for r in results])
+  response_lengths = [len(ids) for e in rollout.episodes for ids in e.response_token_ids]
+  exact_match = [em for r in results for em in r.exact_match]
+  return {"reward_mean": float(rollout.rewards.mean()), "reward_std": float(rollout.rewards.std()),
+          "exact_match": float(np.mean(exact_match)), "creates": usage["creates"],
+          "reads": usage["reads"], "updates": usage["updates"], "deletes": usage["deletes"],
+          "store_size": usage["final_store_size"], "invalid": usage["num_invalid"],
+          "response_length": float(np.mean(response_lengths)), "turns": usage["steps"],
+          "rollout_s": rollout.seconds}
+
+
+def grpo_batch(job: Job, rollout: episode_lib.Rollout) -> batch_lib.TrainBatch:
+  """Every turn of every episode, carrying its episode's group advantage."""
+  g = job.config.grpo
+  advantages = np.asarray(losses.group_advantages(rollout.rewards,
+                                                  normalize_std=g.normalize_std))
+  examples = [example for e in rollout.episodes
+              for example in e.examples(float(advantages.flat[e.episode]))]
+  multiple = _row_multiple(job, g)
+  quantum = multiple * max(1, _ROW_QUANTUM // multiple)
+  rows = -(-len(examples) // quantum) * quantum
+  return batch_lib.pad_examples(examples, buckets=train_buckets(job), pad_id=job.pad_id,
+                                num_rows=rows, row_multiple=multiple)
+
+
+def make_rollout_loop(job: Job, batch_size: int, greedy: bool, env_config=None
+                      ) -> episode_lib.EpisodeLoop:
+  sampling = config_lib.sampling_config(job.config, eos_ids=job.eos_ids, pad_id=job.pad_id,
+                                        greedy=greedy)
+  return episode_lib.EpisodeLoop(
+      job.rollout_config, job.tokenizer, env_config or job.env_config, job.embedder,
+      batch_size=batch_size, prompt_buckets=tuple(job.config.rollout.prompt_buckets),
+      sampling=sampling, mesh=job.mesh)
+
+
+def rollout_params(job: Job, params: Params) -> Params:
+  dtype = job.rollout_config.jnp_param_dtype
+  return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
+             evaluate: Evaluator) -> Params:
+  """GRPO from `init` with KL to `reference` for grpo.steps steps; returns the final params."""
+  g = job.config.grpo
+  optimizer = state_lib.make_optimizer(optimizer_config(g))
+  grpo_config = losses.GRPOConfig(
+      group_size=g.group_size, normalize_std=g.normalize_std, clip_low=g.clip_low,
+      clip_high=g.clip_high, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
+      aggregation=g.aggregation, entropy_coef=g.entropy_coef,
+      temperature=job.config.rollout.temperature)
+  grpo_step = steps_lib.make_grpo_step(job.model_config, optimizer, grpo_config, job.mesh,
+                                       grad_accum_steps=g.grad_accum)
+  loop = make_rollout_loop(job, g.questions_per_batch * g.group_size, greedy=False)
+  timer = metrics_lib.StepTimer()
+  with checkpointer(job, GRPO) as manager:
+    state, start = _start_state(job, GRPO, optimizer, init, manager)
+    for step in _progress(GRPO, start, g.steps):
+      key = stage_key(job.config.seed, GRPO, step)
+      rollout_key, shuffle_key = jax.random.split(key)
+      picked = sft_data.grpo_context_indices(len(contexts), g.questions_per_batch,
+                                             job.config.seed, step)
+      timer.start()
+      rollout = loop.run(rollout_params(job, state.params), [contexts[i] for i in picked],
+                         rollout_key, group_size=g.group_size)
+      batch = grpo_batch(job, rollout)
+      state, update = steps_lib.grpo_update(grpo_step, state, reference, batch,
+                                            num_minibatches=g.num_minibatches,
+                                            epochs=g.epochs, rng=shuffle_key)
+      timing = timer.stop(float(np.sum(batch.segment_ids > 0)), state.step)
+      job.writer.write(offset + step + 1, {**update, **_rollout_metrics(rollout), **timing},
+                       prefix="grpo/")
+      if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == g.steps:
+        _save(manager, state, GRPO, step + 1, force=step + 1 == g.steps)
+      _maybe_evaluate(job, evaluate, state.params, GRPO, step + 1, g.steps)
+  return state.params
+
+
+def evaluation_summary(rollout_episodes, seconds: float) -> dict[str, float]:
+  """EM, F1, reward and operation usage of greedy evaluation episodes."""
+  results = [e.result for e in rollout_episodes]
+  usage = stats_lib.summarize([r.stats for r in results])
+  return {"exact_match": float(np.mean([em for r in results for em in r.exact_match])),
+          "f1": float(np.mean([f for r in results for f in r.f1])),
+          "reward": float(np.mean([r.reward for r in results])),
+          "creates": usage["creates"], "reads": usage["reads"], "updates": usage["updates"],
+          "deletes": usage["deletes"], "store_size": usage["final_store_size"],
+          "invalid": usage["num_invalid"], "episodes": float(len(results)), "seconds": seconds}
+
+
+def make_evaluator(job: Job, contexts, env_config=None) -> Evaluator:
+  """evaluate(params, name, step) -> summary: greedy episodes on the held-out contexts."""
+  loop = make_rollout_loop(job, job.config.eval.batch_size, greedy=True, env_config=env_config)
+
+  def evaluate(params: Params, name: str, step: int) -> dict[str, float]:
+    episodes, seconds = [], 0.0
+    params = rollout_params(job, params)
+    for start in range(0, len(contexts), loop.batch_size):
+      rollout = loop.run(params, contexts[start:start + loop.batch_size],
+                         jax.random.key(job.config.seed))
+      episodes += rollout.episodes
+      seconds += rollout.seconds
+    summary = evaluation_summary(episodes, seconds)
+    job.writer.write(step, summary, prefix=f"eval/{name}/")
+    job.log(f"eval {name}: EM {summary['exact_match']:.3f} F1 {summary['f1']:.3f} "
+            f"(creates {summary['creates']:.2f}, updates {summary['updates']:.2f}, "
+            f"invalid {summary['invalid']:.2f} per episode; {seconds:.0f}s)")
+    return summary
+
+  return evaluate

@@ -1,0 +1,166 @@
+"""`python -m atommem_jax.train` and `python -m atommem_jax.export` as a user runs them.
+
+The job runs in subprocesses on one CPU device with a micro version of configs/tiny.py.
+References: transformers loads the export (no missing keys) with the same weights as the
+orbax checkpoint; a run killed with SIGKILL and restarted logs the same later losses as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO = (
+    "--config.sft.steps=4", "--config.grpo.steps=2", "--config.checkpoint.every_steps=2",
+    "--config.data.synthetic.train_contexts=8", "--config.data.synthetic.eval_contexts=4",
+    "--config.eval.batch_size=4", "--config.grpo.questions_per_batch=2",
+    "--config.grpo.group_size=2", "--config.sft.batch_size=4", "--config.env.max_steps=8",
+    "--config.rollout.prompt_buckets=(256,)", "--config.rollout.max_new_tokens=24",
+)
+GRPO_FIELDS = ("grpo/loss", "grpo/reward_mean", "grpo/reward_std", "grpo/exact_match",
+               "grpo/kl", "grpo/clip_frac", "grpo/entropy", "grpo/creates", "grpo/reads",
+               "grpo/updates", "grpo/deletes", "grpo/store_size", "grpo/response_length",
+               "grpo/tokens_per_s", "grpo/step_time_s")
+SFT_FIELDS = ("sft/loss", "sft/tokens_per_s", "sft/step_time_s", "sft/grad_norm")
+
+
+def _env() -> dict[str, str]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false",
+             XLA_FLAGS="--xla_backend_optimization_level=0",  # one device, fast compiles
+             HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _train_command(workdir: str, *overrides: str) -> list[str]:
+  return [sys.executable, "-m", "atommem_jax.train", "--config",
+          os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir, *MICRO, *overrides]
+
+
+def _run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+  return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _metrics(workdir: str) -> dict[int, dict]:
+  """The last record of every step (a resumed run re-logs the steps after its checkpoint)."""
+  records: dict[int, dict] = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      records.setdefault(record["step"], {}).update(record)
+  return records
+
+
+def _losses(workdir: str, prefix: str) -> dict[int, float]:
+  return {step: r[f"{prefix}/loss"] for step, r in _metrics(workdir).items()
+          if f"{prefix}/loss" in r}
+
+
+def test_train_end_to_end_and_export(tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  result = _run(_train_command(workdir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "after SFT" in result.stdout and "after GRPO" in result.stdout, result.stdout
+  assert "random init" in result.stdout
+  for stage, last in (("sft", 4), ("grpo", 2)):
+    assert os.path.isfile(os.path.join(workdir, "checkpoints", stage, str(last),
+                                       "_CHECKPOINT_METADATA"))
+  records = _metrics(workdir)
+  assert all(field in records[5] for field in GRPO_FIELDS), sorted(records[5])
+  assert all(field in records[1] for field in SFT_FIELDS), sorted(records[1])
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+
+  model, info = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.join(workdir, "hf"), output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(workdir, "hf"))
+  assert len(tokenizer) <= model.config.vocab_size
+
+  exported = str(tmp_path / "exported")
+  result = _run([sys.executable, "-m", "atommem_jax.export", "--checkpoint", workdir,
+                 "--out", exported])
+  assert result.returncode == 0, result.stderr[-3000:]
+  again = transformers.AutoModelForCausalLM.from_pretrained(exported)
+  for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+    assert torch.equal(a, b), name  # the final GRPO checkpoint is the final policy
+  assert os.path.isfile(os.path.join(exported, "tokenizer_config.json"))
+
+
+def test_invalid_config_names_the_field(tmp_path):
+  result = _run(_train_command(str(tmp_path / "run"), "--config.grpo.kl_estimator=k2"))
+  assert result.returncode != 0
+  assert "grpo.kl_estimator" in result.stderr
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_export_missing_checkpoint_dir(tmp_path):
+  missing = str(tmp_path / "nowhere")
+  result = _run([sys.executable, "-m", "atommem_jax.export", "--checkpoint", missing,
+                 "--out", str(tmp_path / "hf")])
+  assert result.returncode != 0
+  assert "nowhere" in result.stderr and "no such directory" in result.stderr
+
+
+def test_export_requires_flags(tmp_path):
+  result = _run([sys.executable, "-m", "atommem_jax.export", "--out", str(tmp_path / "hf")])
+  assert result.returncode != 0 and "--checkpoint" in result.stderr
+
+
+def _kill_after_checkpoint(command: list[str], checkpoint_dir: str, timeout: float = 240
+                           ) -> None:
+  """Starts `command`, SIGKILLs it once `checkpoint_dir` holds a complete step."""
+  process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + timeout
+  try:
+    while time.monotonic() < deadline and process.poll() is None:
+      if os.path.isdir(checkpoint_dir) and any(
+          os.path.isfile(os.path.join(checkpoint_dir, step, "_CHECKPOINT_METADATA"))
+          for step in os.listdir(checkpoint_dir) if step.isdigit()):
+        process.send_signal(signal.SIGKILL)
+        break
+      time.sleep(0.02)
+    assert process.poll() is None or process.returncode == -signal.SIGKILL, (
+        "the run ended before its first checkpoint was complete")
+  finally:
+    process.kill()
+    process.wait()
+
+
+def _assert_resumed_like_uninterrupted(tmp_path, overrides: tuple[str, ...], stage: str,
+                                       compare: tuple[str, ...]) -> None:
+  resumed, straight = str(tmp_path / "resumed"), str(tmp_path / "straight")
+  _kill_after_checkpoint(_train_command(resumed, *overrides),
+                         os.path.join(resumed, "checkpoints", stage))
+  for workdir in (resumed, straight):
+    result = _run(_train_command(workdir, *overrides))
+    assert result.returncode == 0, result.stderr[-3000:]
+  for prefix in compare:
+    got, want = _losses(resumed, prefix), _losses(straight, prefix)
+    assert sorted(got) == sorted(want) and want
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_sigkill_during_sft_resumes_with_the_same_losses(tmp_path):
+  overrides = ("--config.sft.steps=6", "--config.grpo.steps=0",
+               "--config.data.synthetic.eval_contexts=0")
+  _assert_resumed_like_uninterrupted(tmp_path, overrides, "sft", ("sft",))
+
+
+@pytest.mark.slow
+def test_sigkill_during_grpo_resumes_with_the_same_losses(tmp_path):
+  overrides = ("--config.grpo.steps=4", "--config.data.synthetic.eval_contexts=0")
+  _assert_resumed_like_uninterrupted(tmp_path, overrides, "grpo", ("sft", "grpo"))
