@@ -101,25 +101,15 @@ def _load_contexts(config, path: str):
 
 def _restore_params(directory: str, model_config, mesh):
   """Params of the newest complete step of a training run, cast to the rollout dtype."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from atommem_jax.model import qwen3  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  step = checkpoint_lib.Checkpointer(directory).latest_step()
-  if step is None:
-    raise app.UsageError(f"--checkpoint {directory}: no complete checkpoint step in it")
-  shapes = jax.eval_shape(lambda: qwen3.init_params(model_config, jax.random.key(0)))
-  shardings = qwen3.param_shardings(model_config, mesh)
-  target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
-  restore_args = jax.tree.map(
-      lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), target)
-  manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={"params": target}, restore_args={"params": restore_args}, partial_restore=True)))
-  manager.close()
+  from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  with checkpoint_lib.Checkpointer(directory) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise app.UsageError(f"--checkpoint {directory}: no complete checkpoint step in it")
+    params, _ = manager.restore_params(state_lib.abstract_params(model_config, mesh), step=step)
   print(f"restored params of step {step} from {directory}")
-  return restored.state["params"]
+  return params
 
 
 def _load_model(config, mesh, tokenizer):

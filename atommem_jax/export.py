@@ -75,7 +75,6 @@ def main(argv: Sequence[str]) -> None:
                          "run's workdir or one of its checkpoint directories")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  import jax  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
@@ -85,17 +84,16 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"--checkpoint {_CHECKPOINT.value}: no complete checkpoint step under "
                          f"{directory}")
   model_config, tokenizer_dir = _model_and_tokenizer(workdir)
-  optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig())
-  target = state_lib.abstract_train_state(model_config, optimizer, state_lib.single_device_mesh())
+  target = state_lib.abstract_params(model_config, state_lib.single_device_mesh())
   try:
-    state, meta = manager.restore(target, step=_STEP.value)
+    step = _STEP.value if _STEP.value is not None else manager.latest_step()
+    params, meta = manager.restore_params(target, step=step)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from e
   finally:
     manager.close()
-  hf.save_hf(model_config, state.params, _OUT.value, tokenizer_dir=tokenizer_dir)
-  print(f"exported step {int(jax.device_get(state.step))} ({meta.get('stage', '?')} stage) of "
-        f"{directory} to {_OUT.value}")
+  hf.save_hf(model_config, params, _OUT.value, tokenizer_dir=tokenizer_dir)
+  print(f"exported step {step} ({meta.get('stage', '?')} stage) of {directory} to {_OUT.value}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -80,6 +81,26 @@ def test_round_trip_is_exact_and_sharded(tmp_path, mesh):
   _, key = state_lib.split_rng(restored)
   _, expected_key = state_lib.split_rng(state)
   np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(expected_key))
+
+
+def test_restore_params_reads_only_params_in_the_target_dtype_and_sharding(tmp_path, mesh):
+  state = _random_state(mesh, seed=3, step=5)
+  expected = jax.device_get(state.params)
+  with checkpoint.Checkpointer(tmp_path) as checkpointer:
+    assert checkpointer.save(state, {"stage": "sft"})
+  # No optimizer in the target: a run's optimizer structure does not matter here.
+  bf16 = state_lib.abstract_params(CONFIG.replace(param_dtype="bfloat16"), mesh)
+  with checkpoint.Checkpointer(tmp_path) as resumed:
+    params, meta = resumed.restore_params(bf16)
+  assert meta == {"stage": "sft"}
+  for leaf, want, abstract in zip(jax.tree.leaves(params), jax.tree.leaves(expected),
+                                  jax.tree.leaves(bf16)):
+    assert leaf.dtype == jnp.bfloat16
+    assert leaf.sharding.is_equivalent_to(abstract.sharding, leaf.ndim)
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(want).astype(jnp.bfloat16))
+  with checkpoint.Checkpointer(tmp_path) as resumed:
+    with pytest.raises(FileNotFoundError, match="complete steps: \\[5\\]"):
+      resumed.restore_params(bf16, step=4)
 
 
 def test_keeps_the_last_n_checkpoints(tmp_path, mesh):

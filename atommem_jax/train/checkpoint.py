@@ -76,14 +76,7 @@ class Checkpointer:
     `state.abstract_train_state(config, optimizer, mesh)`; every array is read straight
     into its sharding.
     """
-    steps = self.complete_steps()
-    if not steps:
-      raise FileNotFoundError(f"no complete checkpoint under {self._directory}; start from "
-                              "scratch or point the run at another checkpoint directory")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise FileNotFoundError(f"no complete checkpoint for step {step} under "
-                              f"{self._directory}; complete steps: {steps}")
+    step = self._complete_step(step)
     rng_shape = jax.eval_shape(jax.random.key_data, target.rng)
     abstract_tree = {
         "step": target.step, "params": target.params, "opt_state": target.opt_state,
@@ -98,6 +91,36 @@ class Checkpointer:
         target, step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
         rng=jax.random.wrap_key_data(tree["rng"], impl=json_item["rng_impl"]))
     return state, dict(json_item["meta"])
+
+  def restore_params(self, target: Any, *, step: int | None = None
+                     ) -> tuple[Any, dict[str, Any]]:
+    """(params, meta) of `step` (default: the newest complete one), nothing else read.
+
+    `target` is the params tree of jax.ShapeDtypeStruct with shardings (e.g.
+    `state.abstract_params(config, mesh)`); arrays are cast to its dtypes, so a rollout can
+    read fp32 master weights as bf16. Needs no optimizer: works whatever the run's optimizer was.
+    """
+    step = self._complete_step(step)
+    restore_args = jax.tree.map(
+        lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), target)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item={"params": target},
+                                     restore_args={"params": restore_args},
+                                     partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    return restored.state["params"], dict(restored.meta["meta"])
+
+  def _complete_step(self, step: int | None) -> int:
+    """`step`, or the newest complete step when None; FileNotFoundError if not complete."""
+    steps = self.complete_steps()
+    if not steps:
+      raise FileNotFoundError(f"no complete checkpoint under {self._directory}; start from "
+                              "scratch or point the run at another checkpoint directory")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise FileNotFoundError(f"no complete checkpoint for step {step} under "
+                              f"{self._directory}; complete steps: {steps}")
+    return step
 
   def wait_until_finished(self) -> None:
     """Blocks until every started save is on disk."""

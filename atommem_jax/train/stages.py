@@ -66,11 +66,9 @@ def stage_progress(job: Job, stage: str) -> int:
 
 def restore_params(job: Job, stage: str) -> Params:
   """Params of the newest complete checkpoint of `stage` (sharded for training)."""
-  optimizer = state_lib.make_optimizer(optimizer_config(job.config[stage]))
-  target = state_lib.abstract_train_state(job.model_config, optimizer, job.mesh)
   with checkpointer(job, stage) as manager:
-    state, _ = manager.restore(target)
-  return state.params
+    params, _ = manager.restore_params(state_lib.abstract_params(job.model_config, job.mesh))
+  return params
 
 
 def _start_state(job: Job, stage: str, optimizer, init: Params | jax.Array,

@@ -98,6 +98,14 @@ def _abstract_params(config: Qwen3Config) -> Params:
   return jax.eval_shape(functools.partial(qwen3.init_params, config), jax.random.key(0))
 
 
+def abstract_params(config: Qwen3Config, mesh: Mesh, rules: sharding.Rules | None = None
+                    ) -> Params:
+  """The params as jax.ShapeDtypeStruct (config.param_dtype) with their shardings on `mesh`."""
+  shardings = qwen3.param_shardings(config, mesh, rules)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      _abstract_params(config), shardings)
+
+
 def state_shardings(config: Qwen3Config, optimizer: optax.GradientTransformation,
                     mesh: Mesh, rules: sharding.Rules | None = None) -> TrainState:
   """NamedShardings of the state: params per `param_shardings`, optimizer leaves that belong
