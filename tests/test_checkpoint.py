@@ -103,6 +103,21 @@ def test_restore_params_reads_only_params_in_the_target_dtype_and_sharding(tmp_p
       resumed.restore_params(bf16, step=4)
 
 
+def test_relative_directory_is_resolved_against_the_working_directory(tmp_path, mesh,
+                                                                      monkeypatch):
+  # `--workdir workdir/demo` is relative; orbax itself accepts only absolute paths.
+  monkeypatch.chdir(tmp_path)
+  state = _random_state(mesh, seed=6, step=3)
+  with checkpoint.Checkpointer(os.path.join("runs", "a")) as checkpointer:
+    assert checkpointer.save(state, {"stage": "sft"})
+  assert os.listdir(tmp_path / "runs" / "a") == ["3"]
+  monkeypatch.chdir(tmp_path / "runs")
+  with checkpoint.Checkpointer("a") as resumed:
+    restored, meta = resumed.restore(state_lib.abstract_train_state(CONFIG, OPTIMIZER, mesh))
+  assert meta == {"stage": "sft"}
+  _assert_same(restored, _host(state), mesh)
+
+
 def test_keeps_the_last_n_checkpoints(tmp_path, mesh):
   with checkpoint.Checkpointer(tmp_path, max_to_keep=2) as checkpointer:
     for step in (1, 2, 3):

@@ -160,7 +160,12 @@ class ScannIndex:
     self._is_tree = size >= self._options.threshold
     if self._is_tree:
       num_leaves, leaves_to_search = self._options.leaves_for(size)
-      builder = builder.tree(num_leaves, leaves_to_search).score_ah(
+      # Spherical k-means (unit centroids): upsert assigns a vector to its squared-L2
+      # nearest centroid while queries rank leaves by dot product. For our unit vectors
+      # those agree only when centroids are unit too; with ScaNN's default (generic)
+      # centroids, an entry updated to an outlying direction landed in a leaf its own
+      # query never searched.
+      builder = builder.tree(num_leaves, leaves_to_search, spherical=True).score_ah(
           _AH_DIMS_PER_BLOCK,
           anisotropic_quantization_threshold=_AH_ANISOTROPIC_THRESHOLD,
       ).reorder(self._options.reorder_size)

@@ -14,6 +14,7 @@ of that, a step directory is only used when it holds orbax's `_CHECKPOINT_METADA
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping
 
 import jax
@@ -30,6 +31,10 @@ class Checkpointer:
 
   def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int | None = 3,
                save_interval_steps: int = 1, async_save: bool = True):
+    if "://" not in os.fspath(directory):
+      # Orbax refuses relative paths ("Checkpoint path should be absolute"), and a
+      # workdir like `workdir/demo` is what users type.
+      directory = os.path.abspath(directory)
     self._directory = epath.Path(directory)
     self._manager = ocp.CheckpointManager(
         self._directory,
