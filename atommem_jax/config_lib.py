@@ -92,6 +92,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _fail(f"model.{field}", c.model[field], "float32, bfloat16 or float16")
   if c.model.remat not in model_config_lib.REMAT_POLICIES:
     _fail("model.remat", c.model.remat, f"one of {model_config_lib.REMAT_POLICIES}")
+  if c.model.hf_dir and c.model.get("overrides", None):
+    _fail("model.overrides", dict(c.model.overrides), "empty with model.hf_dir (a checkpoint's "
+          "architecture comes from its config.json)")
+  if not c.model.hf_dir:
+    model_config(c)  # model.overrides name real fields with valid values
   sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
   if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
     _fail("mesh", dict(c.mesh), "positive sizes, at most one of them -1")
@@ -127,7 +132,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
-  """Qwen3Config from model.preset, or from model.hf_dir/config.json when set."""
+  """Qwen3Config from model.preset with model.overrides, or from model.hf_dir/config.json.
+
+  A training run may grow the vocabulary to its tokenizer; the config it really trained is
+  in its workdir (`train.run_files`).
+  """
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
@@ -141,7 +150,11 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
             "is missing)")
     with open(path) as f:
       return model_config_lib.Qwen3Config.from_hf_dict(json.load(f), source=path, **execution)
-  return model_config_lib.preset(c.model.preset, **execution)
+  overrides = dict(c.model.get("overrides", None) or {})
+  try:
+    return model_config_lib.preset(c.model.preset, **execution).replace(**overrides)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config field model.overrides={overrides}: {e}") from e
 
 
 def env_config(c: ml_collections.ConfigDict):

@@ -6,8 +6,9 @@ r"""Greedy evaluation of a policy on long-context QA files: EM/F1, operation usa
 
 --data takes LongContext files (.jsonl / .parquet from `python -m atommem_jax.data.build`) or
 the word "synthetic" (config.data.synthetic, eval_contexts contexts from seed config.seed + 1).
-The model policy comes from --checkpoint (a training run's orbax directory: its newest
-complete step), --hf_dir (a Hugging Face directory; also config.model.hf_dir), or, with
+The model policy comes from --checkpoint (a training run's workdir or one of its orbax
+directories: the newest complete step, GRPO before SFT; the model config and tokenizer the
+run recorded in its workdir win over the config file's), --hf_dir (a Hugging Face directory; also config.model.hf_dir), or, with
 neither, a random init of config.model.preset. "oracle" and "memagent" are the scripted
 teachers of `agent.oracle` run through the same jitted episode loop: an upper bound and a
 workflow baseline.
@@ -112,8 +113,12 @@ def _restore_params(directory: str, model_config, mesh):
   return params
 
 
-def _load_model(config, mesh, tokenizer):
-  """(model config, params) from --checkpoint, --hf_dir / model.hf_dir, or random init."""
+def _load_model(config, mesh, tokenizer, run):
+  """(model config, params) from --checkpoint, --hf_dir / model.hf_dir, or random init.
+
+  `run` is (orbax directory, the run's (model config, tokenizer dir) or None) for
+  --checkpoint: a training run's recorded model config is used over the config file's.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
@@ -124,13 +129,19 @@ def _load_model(config, mesh, tokenizer):
         hf_dir, config.model.rollout_dtype, mesh=mesh,
         config_overrides=dict(dtype=config.model.rollout_dtype, remat="none",
                               scan_layers=config.model.scan_layers))
+  elif run is not None:
+    directory, trained = run
+    if trained is not None:
+      model_config = trained[0].replace(
+          param_dtype=config.model.rollout_dtype, dtype=config.model.rollout_dtype,
+          remat="none", scan_layers=config.model.scan_layers)
+    else:
+      model_config = config_lib.model_config(config, rollout=True)
+    params = _restore_params(directory, model_config, mesh)
   else:
     model_config = config_lib.model_config(config, rollout=True)
-    if _CHECKPOINT.value:
-      params = _restore_params(_CHECKPOINT.value, model_config, mesh)
-    else:
-      print(f"no --checkpoint or --hf_dir: random init of preset {config.model.preset!r}")
-      params = qwen3.init_params(model_config, jax.random.key(config.seed), mesh)
+    print(f"no --checkpoint or --hf_dir: random init of preset {config.model.preset!r}")
+    params = qwen3.init_params(model_config, jax.random.key(config.seed), mesh)
   if len(tokenizer) > model_config.vocab_size:
     raise app.UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size "
                          f"is {model_config.vocab_size}; use the tokenizer the model was "
@@ -283,9 +294,18 @@ def main(argv: Sequence[str]) -> None:
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from e
   mesh = config_lib.make_mesh(config)
-  model_dir = _HF_DIR.value or _CHECKPOINT.value or config.model.hf_dir or None
-  tokenizer = _load_tokenizer(config, model_dir)
-  model_config, params = (_load_model(config, mesh, tokenizer) if _POLICY.value == "model"
+  run = None
+  if _CHECKPOINT.value:
+    from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
+    directory, workdir = run_files.find_checkpoints(_CHECKPOINT.value)
+    run = (directory, run_files.trained_model(workdir))
+  if run is not None and run[1] is not None:  # the tokenizer the run trained with
+    from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    tokenizer = tokenizer_lib.load_tokenizer(run[1][1])
+  else:
+    tokenizer = _load_tokenizer(config, _HF_DIR.value or _CHECKPOINT.value or
+                                config.model.hf_dir or None)
+  model_config, params = (_load_model(config, mesh, tokenizer, run) if _POLICY.value == "model"
                           else (None, None))
   loop = _make_loop(config, tokenizer, model_config, mesh)
   os.makedirs(_OUT.value, exist_ok=True)

@@ -12,7 +12,6 @@ then comes from the config's model section, the tokenizer from its tokenizer fie
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -26,37 +25,23 @@ _OUT = flags.DEFINE_string("out", None, "output Hugging Face directory")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest complete one)")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (optional)")
 
-_STAGES = ("grpo", "sft")
-
-
-def _stage_directory(path: str) -> tuple[str, str | None]:
-  """(orbax directory, workdir or None) for --checkpoint."""
-  from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  candidates = [(os.path.join(path, "checkpoints", s), path) for s in _STAGES]
-  candidates += [(os.path.join(path, s), os.path.dirname(os.path.abspath(path)))
-                 for s in _STAGES]
-  for directory, workdir in candidates:
-    if os.path.isdir(directory) and checkpoint_lib.Checkpointer(directory).latest_step():
-      return directory, workdir
-  parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  return path, parent
-
 
 def _model_and_tokenizer(workdir: str | None):
   """(Qwen3Config, tokenizer dir) from the run's files, else from --config."""
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import setup  # pylint: disable=g-import-not-at-top
-  if workdir and os.path.isfile(os.path.join(workdir, setup.MODEL_CONFIG_FILE)):
-    with open(os.path.join(workdir, setup.RUN_FILE)) as f:
-      tokenizer_dir = json.load(f)["tokenizer_dir"]
-    return setup.load_model_config(workdir), tokenizer_dir
+  from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
+  trained = run_files.trained_model(workdir)
+  if trained is not None:
+    return trained
   if _CONFIG.value is None:
-    raise app.UsageError(f"--checkpoint {_CHECKPOINT.value}: no {setup.MODEL_CONFIG_FILE} in the "
-                         "run's workdir; pass --config with the run's config file")
+    raise app.UsageError(f"--checkpoint {_CHECKPOINT.value}: no {run_files.MODEL_CONFIG_FILE} in "
+                         "the run's workdir; pass --config with the run's config file")
   config = _CONFIG.value
-  model_config = config_lib.model_config(config).replace(**dict(config.model.get("overrides",
-                                                                                 {})))
+  try:
+    model_config = config_lib.model_config(config)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e)) from e
   tokenizer = config.tokenizer
   tokenizer_dir = tokenizer_lib.qwen3_tokenizer_dir() if tokenizer == "qwen3" else tokenizer
   if not os.path.isdir(tokenizer_dir):
@@ -78,7 +63,8 @@ def main(argv: Sequence[str]) -> None:
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  directory, workdir = _stage_directory(_CHECKPOINT.value)
+  from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
+  directory, workdir = run_files.find_checkpoints(_CHECKPOINT.value)
   manager = checkpoint_lib.Checkpointer(directory)
   if manager.latest_step() is None:
     raise app.UsageError(f"--checkpoint {_CHECKPOINT.value}: no complete checkpoint step under "

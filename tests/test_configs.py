@@ -101,6 +101,21 @@ def test_load_config_file_errors_name_the_problem(tmp_path):
     config_lib.load_config_file(str(tmp_path / "broken.py"))
 
 
+def test_model_overrides_replace_preset_fields_and_bad_ones_name_the_field():
+  config = config_lib.load_config_file("tiny")
+  model = config_lib.model_config(config)
+  assert (model.vocab_size, model.hidden_size, model.num_hidden_layers) == (
+      config.model.overrides.vocab_size, config.model.overrides.hidden_size,
+      config.model.overrides.num_hidden_layers)
+  config.model.overrides.no_such_field = 3
+  with pytest.raises(config_lib.ConfigError, match=r"model\.overrides.*no_such_field"):
+    config_lib.validate(config)
+  config = config_lib.load_config_file("tiny")
+  config.model.hf_dir = "/some/hf/dir"
+  with pytest.raises(config_lib.ConfigError, match=r"model\.overrides.*model\.hf_dir"):
+    config_lib.validate(config)
+
+
 def test_load_config_file_by_path_equals_by_name():
   by_path = config_lib.load_config_file(os.path.join(CONFIG_DIR, "tiny.py"))
   assert by_path.to_dict() == config_lib.load_config_file("tiny").to_dict()

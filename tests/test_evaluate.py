@@ -79,7 +79,11 @@ def test_oracle_through_the_cli_is_near_perfect(tmp_path):
 def test_random_init_model_through_the_cli(tmp_path):
   out = tmp_path / "out"
   run = _evaluate("--data=synthetic", "--limit=2", f"--out={out}",
-                  "--config.model.preset=tiny-qwen-vocab", "--config.rollout.max_new_tokens=4",
+                  # configs/tiny.py's model.overrides apply over any preset: 2048 entries
+                  # would not hold the Qwen3 tokenizer.
+                  "--config.model.preset=tiny-qwen-vocab",
+                  "--config.model.overrides.vocab_size=151936",
+                  "--config.rollout.max_new_tokens=4",
                   "--config.rollout.prompt_buckets=(512,)")
   assert run.returncode == 0, run.stderr[-3000:]
   summary = _check_outputs(out, ["synthetic"])

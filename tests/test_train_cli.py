@@ -97,6 +97,25 @@ def test_train_end_to_end_and_export(tmp_path):
     assert torch.equal(a, b), name  # the final GRPO checkpoint is the final policy
   assert os.path.isfile(os.path.join(exported, "tokenizer_config.json"))
 
+  # `evaluate --checkpoint` rebuilds the model the run trained (configs/tiny.py overrides the
+  # preset's architecture and grows the vocab to its tokenizer) and replays the run's own
+  # final evaluation: the same held-out contexts, greedy, so the same results.
+  out = str(tmp_path / "eval")
+  result = _run([sys.executable, "-m", "atommem_jax.evaluate", "--config",
+                 os.path.join(REPO, "configs", "tiny.py"), *MICRO, "--checkpoint", workdir,
+                 "--data", "synthetic", "--out", out])
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(out, "summary.json")) as f:
+    replay = json.load(f)["datasets"]["synthetic"]
+  with open(os.path.join(workdir, "evaluations.json")) as f:
+    final = json.load(f)["grpo"]
+  assert replay["contexts"] == 4
+  for field, replayed in (("exact_match", replay["exact_match"]), ("f1", replay["f1"]),
+                          ("creates", replay["operations"]["creates"]),
+                          ("invalid", replay["operations"]["num_invalid"]),
+                          ("store_size", replay["operations"]["final_store_size"])):
+    assert replayed == pytest.approx(final[field]), field
+
 
 def test_invalid_config_names_the_field(tmp_path):
   result = _run(_train_command(str(tmp_path / "run"), "--config.grpo.kl_estimator=k2"))

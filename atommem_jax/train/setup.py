@@ -2,13 +2,13 @@
 
 `prepare` is stage 0: it resolves the tokenizer (training the synthetic BPE once and reusing
 it from workdir/tokenizer on resume), fits the model's vocabulary to it, and writes the
-resolved configs to the workdir (config.json, model_config.json, run.json) for export.
+resolved configs to the workdir (config.json, and model_config.json / run.json through
+`run_files`) for export and evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -21,10 +21,9 @@ from atommem_jax.memory import embed as embed_lib
 from atommem_jax.model.config import Qwen3Config
 from atommem_jax.rollout import host as host_lib
 from atommem_jax.train import metrics as metrics_lib
+from atommem_jax.train import run_files
 from atommem_jax.train import sft_data
 
-MODEL_CONFIG_FILE = "model_config.json"
-RUN_FILE = "run.json"
 _VOCAB_MULTIPLE = 128
 
 
@@ -69,7 +68,7 @@ def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]
     directory = os.path.join(workdir, "tokenizer")
     if not os.path.isfile(os.path.join(directory, "tokenizer_config.json")):
       contexts = sft_data.synthetic_contexts(config, "train")
-      vocab_size = _with_overrides(config, config_lib.model_config(config)).vocab_size
+      vocab_size = config_lib.model_config(config).vocab_size
       sft_data.train_synthetic_tokenizer(contexts, vocab_size, env_config, embedder, directory)
   else:
     directory = name
@@ -79,19 +78,9 @@ def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]
   return tokenizer_lib.load_tokenizer(directory), directory
 
 
-def _with_overrides(config, model_config: Qwen3Config) -> Qwen3Config:
-  """The preset with the architecture fields of model.overrides replaced."""
-  overrides = dict(config.model.get("overrides", {}))
-  try:
-    return model_config.replace(**overrides)
-  except (TypeError, ValueError) as e:
-    raise config_lib.ConfigError(f"config field model.overrides={overrides}: {e}") from e
-
-
 def _model_configs(config, vocab_needed: int, log) -> tuple[Qwen3Config, Qwen3Config]:
-  """Training and rollout configs: preset + model.overrides, vocab grown to the tokenizer's."""
-  train, rollout = (_with_overrides(config, config_lib.model_config(config, rollout=r))
-                    for r in (False, True))
+  """Training and rollout configs (preset + model.overrides), vocab grown to the tokenizer's."""
+  train, rollout = (config_lib.model_config(config, rollout=r) for r in (False, True))
   if train.vocab_size < vocab_needed:
     if config.model.hf_dir:
       raise config_lib.ConfigError(
@@ -114,17 +103,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Job:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, MODEL_CONFIG_FILE), "w") as f:
-      json.dump(dataclasses.asdict(model_config), f, indent=2)
-    with open(os.path.join(workdir, RUN_FILE), "w") as f:
-      json.dump({"tokenizer_dir": os.path.abspath(tokenizer_dir)}, f, indent=2)
+    run_files.write(workdir, model_config, tokenizer_dir)
   return Job(config=config, workdir=workdir, mesh=config_lib.make_mesh(config),
              tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, model_config=model_config,
              rollout_config=rollout_config, env_config=env_config, embedder=embedder,
              writer=metrics_lib.MetricWriter(workdir))
-
-
-def load_model_config(directory: str) -> Qwen3Config:
-  """The model config a run saved in its workdir (`prepare`)."""
-  with open(os.path.join(directory, MODEL_CONFIG_FILE)) as f:
-    return Qwen3Config(**json.load(f))
