@@ -3,6 +3,11 @@
 `run(config, workdir)` is what `python -m atommem_jax.train` calls. Evaluations (random
 init, after SFT, after GRPO) are cached in workdir/evaluations.json, so a resumed run does
 not repeat them; the final policy is exported to workdir/hf (or export.hf_dir).
+
+On several processes (hosts) every process calls `run` with the same config and a workdir
+on a shared file system; process 0 prepares the workdir first and writes every file but the
+checkpoints (which each process writes its shards of), and every process follows process
+0's record of finished evaluations, so that all of them take the same steps.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import ml_collections
 
 from atommem_jax.model import hf
 from atommem_jax.model import qwen3
+from atommem_jax.train import distributed
 from atommem_jax.train import setup
 from atommem_jax.train import sft_data
 from atommem_jax.train import stages
@@ -27,11 +33,18 @@ ROWS = (("init", "random init"), ("sft", "after SFT"), ("grpo", "after GRPO"))
 
 
 def _load_evaluations(workdir: str) -> dict[str, dict[str, float]]:
+  """The evaluations already done, as process 0 reads them (every process skips the same)."""
   path = os.path.join(workdir, EVALUATIONS_FILE)
-  if not os.path.isfile(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  evaluations = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      evaluations = json.load(f)
+  return distributed.allgather_objects(evaluations)[0]
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: str) -> setup.Job:
+  return distributed.process_zero_first(lambda: setup.prepare(config, workdir),
+                                        f"prepare {workdir}")
 
 
 def _store_evaluation(workdir: str, evaluations: dict, name: str, summary: dict) -> None:
@@ -59,7 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   `evaluate_init=False` skips the evaluation of the random init (ablation runs).
   """
   started = time.perf_counter()
-  job = setup.prepare(config, workdir)
+  job = _prepare(config, workdir)
   job.log(f"model: {job.model_config.num_params() / 1e6:.2f}M parameters, vocab "
           f"{job.model_config.vocab_size} (tokenizer {len(job.tokenizer)} entries); mesh "
           f"{dict(job.mesh.shape)}; workdir {workdir}")
@@ -110,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
 def evaluate_without_update(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """The finished run's SFT policy evaluated in an environment that refuses Update."""
-  job = setup.prepare(config, workdir)
+  job = _prepare(config, workdir)
   job = dataclasses.replace(job, env_config=dataclasses.replace(job.env_config, update=False))
   evaluate = stages.make_evaluator(job, sft_data.load_contexts(config, "eval"))
   summary = evaluate(stages.restore_params(job, stages.SFT), "sft_no_update", config.sft.steps)

@@ -4,6 +4,11 @@ Each stage checkpoints into workdir/checkpoints/<stage> with meta {"stage", "sta
 (steps done, which is also the data position: batches and rollout keys are pure functions
 of (seed, stage, step)). A stage that finds a complete checkpoint continues after it; the
 final step is always saved, so the SFT directory's newest step is the GRPO reference.
+
+On several processes every process runs the same loops: SFT batches are the same
+everywhere; a GRPO batch is assembled from each process's rollout rows (`grpo_batch`,
+`steps.grpo_update`), and rollout and evaluation summaries combine every process's
+episodes (`distributed.gather_outcomes`), so they equal a one-process run's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from atommem_jax.agent import stats as stats_lib
 from atommem_jax.rollout import episode as episode_lib
 from atommem_jax.train import batch as batch_lib
 from atommem_jax.train import checkpoint as checkpoint_lib
+from atommem_jax.train import distributed
 from atommem_jax.train import losses
 from atommem_jax.train import metrics as metrics_lib
 from atommem_jax.train import sft_data
@@ -155,9 +161,10 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
 
 
 def _rollout_metrics(rollout: episode_lib.Rollout) -> dict[str, float]:
-  results = [e.result for e in rollout.episodes]
+  outcomes = distributed.gather_outcomes(rollout.episodes)
+  results = [outcome.result for outcome in outcomes]
   usage = stats_lib.summarize([r.stats for r in results])
-  response_lengths = [len(ids) for e in rollout.episodes for ids in e.response_token_ids]
+  response_lengths = [length for outcome in outcomes for length in outcome.response_lengths]
   exact_match = [em for r in results for em in r.exact_match]
   return {"reward_mean": float(rollout.rewards.mean()), "reward_std": float(rollout.rewards.std()),
           "exact_match": float(np.mean(exact_match)), "creates": usage["creates"],
@@ -168,17 +175,27 @@ def _rollout_metrics(rollout: episode_lib.Rollout) -> dict[str, float]:
 
 
 def grpo_batch(job: Job, rollout: episode_lib.Rollout) -> batch_lib.TrainBatch:
-  """Every turn of every episode, carrying its episode's group advantage."""
+  """This process's rows: every turn of its episodes, carrying the episode's group advantage.
+
+  Advantages come from the global rewards. Every process pads its rows (zero-weight rows)
+  to the same count and length, the largest any process needs, so that their rows form one
+  batch (`steps.grpo_update`); on one process these are the whole batch.
+  """
   g = job.config.grpo
   advantages = np.asarray(losses.group_advantages(rollout.rewards,
                                                   normalize_std=g.normalize_std))
   examples = [example for e in rollout.episodes
               for example in e.examples(float(advantages.flat[e.episode]))]
+  share = jax.process_count()  # every process holds as many batch shards (local_batch_shards)
   multiple = _row_multiple(job, g)
-  quantum = multiple * max(1, _ROW_QUANTUM // multiple)
-  rows = -(-len(examples) // quantum) * quantum
-  return batch_lib.pad_examples(examples, buckets=train_buckets(job), pad_id=job.pad_id,
-                                num_rows=rows, row_multiple=multiple)
+  quantum = multiple * max(1, _ROW_QUANTUM // multiple) // share
+  needed = (-(-len(examples) // quantum) * quantum,
+            max((len(e.prompt_ids) + len(e.response_ids) for e in examples), default=1))
+  rows, longest = np.max(distributed.allgather_objects(needed), axis=0)
+  return batch_lib.pad_examples(examples, length=batch_lib.bucket_length(longest,
+                                                                         train_buckets(job)),
+                                pad_id=job.pad_id, num_rows=int(rows),
+                                row_multiple=multiple // share)
 
 
 def make_rollout_loop(job: Job, batch_size: int, greedy: bool, env_config=None
@@ -206,6 +223,7 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
       clip_high=g.clip_high, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
       aggregation=g.aggregation, entropy_coef=g.entropy_coef,
       temperature=job.config.rollout.temperature)
+  distributed.local_batch_shards(job.mesh)  # rollout rows can train where they were made
   grpo_step = steps_lib.make_grpo_step(job.model_config, optimizer, grpo_config, job.mesh,
                                        grad_accum_steps=g.grad_accum)
   loop = make_rollout_loop(job, g.questions_per_batch * g.group_size, greedy=False)
@@ -223,8 +241,9 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
       batch = grpo_batch(job, rollout)
       state, update = steps_lib.grpo_update(grpo_step, state, reference, batch,
                                             num_minibatches=g.num_minibatches,
-                                            epochs=g.epochs, rng=shuffle_key)
-      timing = timer.stop(float(np.sum(batch.segment_ids > 0)), state.step)
+                                            epochs=g.epochs, rng=shuffle_key, mesh=job.mesh)
+      tokens = sum(distributed.allgather_objects(int(np.sum(batch.segment_ids > 0))))
+      timing = timer.stop(float(tokens), state.step)
       job.writer.write(offset + step + 1, {**update, **_rollout_metrics(rollout), **timing},
                        prefix="grpo/")
       if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == g.steps:
@@ -233,9 +252,10 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
   return state.params
 
 
-def evaluation_summary(rollout_episodes, seconds: float) -> dict[str, float]:
-  """EM, F1, reward and operation usage of greedy evaluation episodes."""
-  results = [e.result for e in rollout_episodes]
+def evaluation_summary(outcomes: list[distributed.EpisodeOutcome], seconds: float
+                       ) -> dict[str, float]:
+  """EM, F1, reward and operation usage of greedy evaluation episodes (of every process)."""
+  results = [outcome.result for outcome in outcomes]
   usage = stats_lib.summarize([r.stats for r in results])
   return {"exact_match": float(np.mean([em for r in results for em in r.exact_match])),
           "f1": float(np.mean([f for r in results for f in r.f1])),
@@ -250,14 +270,14 @@ def make_evaluator(job: Job, contexts, env_config=None) -> Evaluator:
   loop = make_rollout_loop(job, job.config.eval.batch_size, greedy=True, env_config=env_config)
 
   def evaluate(params: Params, name: str, step: int) -> dict[str, float]:
-    episodes, seconds = [], 0.0
+    outcomes, seconds = [], 0.0
     params = rollout_params(job, params)
     for start in range(0, len(contexts), loop.batch_size):
       rollout = loop.run(params, contexts[start:start + loop.batch_size],
                          jax.random.key(job.config.seed))
-      episodes += rollout.episodes
+      outcomes += distributed.gather_outcomes(rollout.episodes)
       seconds += rollout.seconds
-    summary = evaluation_summary(episodes, seconds)
+    summary = evaluation_summary(outcomes, seconds)
     job.writer.write(step, summary, prefix=f"eval/{name}/")
     job.log(f"eval {name}: EM {summary['exact_match']:.3f} F1 {summary['f1']:.3f} "
             f"(creates {summary['creates']:.2f}, updates {summary['updates']:.2f}, "

@@ -1,8 +1,10 @@
 """Jitted, sharded SFT and GRPO update steps, and the GRPO mini-batch/epoch loop.
 
-Each step takes a `TrainBatch` [B, T] sharded over the mesh's batch axes ("data", "fsdp"),
-splits it into `grad_accum_steps` micro-batches of rows b, b + k, b + 2k, ... (so every
-device keeps its rows), sums the micro-batch gradients of losses normalised by the whole
+Each step takes a `TrainBatch` [B, T] sharded over the mesh's batch axes ("data", "fsdp"):
+jax.Arrays, or numpy arrays holding the whole batch (the same on every process), from which
+each process fills its own devices' rows (`jax.make_array_from_callback`). The step splits
+it into `grad_accum_steps` micro-batches of rows b, b + k, b + 2k, ... (so every device
+keeps its rows), sums the micro-batch gradients of losses normalised by the whole
 batch's token / sequence counts (so accumulation equals one big batch), clips and applies
 AdamW once. The state is donated; params and optimizer state keep `state_shardings`.
 
@@ -110,6 +112,17 @@ def _batch_shardings(mesh: Mesh, rules: sharding.Rules, shape: tuple[int, int]) 
   return TrainBatch(*(tokens,) * 6)
 
 
+def _placed(batch: TrainBatch, shardings: TrainBatch) -> TrainBatch:
+  """Host arrays (the whole batch, the same on every process) as global arrays per
+  `shardings`; jax.Arrays pass unchanged (jit lays them out)."""
+  def place(x, leaf_sharding):
+    if isinstance(x, jax.Array):
+      return x
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, leaf_sharding, lambda index: x[index])
+  return jax.tree.map(place, batch, shardings)
+
+
 def _logits(config: Qwen3Config, params: Params, batch: TrainBatch, mesh: Mesh,
             rules: sharding.Rules, temperature: float = 1.0) -> jax.Array:
   vocab_logits, _ = qwen3.forward(config, params, batch.tokens, batch.positions,
@@ -149,6 +162,7 @@ def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
 
   def sft_step(state: TrainState, batch: TrainBatch) -> tuple[TrainState, Metrics]:
     _check_rows(batch, grad_accum_steps)
+    batch = _placed(batch, _batch_shardings(mesh, rules, batch.shape))
     return compiled(batch.shape)(state, batch)
 
   return sft_step
@@ -204,22 +218,47 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
       raise ValueError(f"grpo_step: kl_estimator={grpo_config.kl_estimator!r} needs the "
                        "reference params; pass them or set kl_estimator='none'")
     _check_rows(batch, grad_accum_steps)
+    batch = _placed(batch, _batch_shardings(mesh, rules, batch.shape))
     return compiled(batch.shape)(state, ref_params if use_ref else None, batch)
 
   return grpo_step
 
 
+def _from_process_rows(batch: TrainBatch, mesh: Mesh | None, rules: sharding.Rules | None
+                       ) -> TrainBatch:
+  """Every process's rows [R, T] -> one global batch [P * R, T], each process's rows on its
+  own devices (`jax.make_array_from_process_local_data`); one process's rows are the batch."""
+  if jax.process_count() == 1:
+    return batch
+  if mesh is None:
+    raise ValueError("grpo_update on several processes needs the grpo step's mesh (mesh=...) "
+                     "to assemble the processes' rows into one batch")
+  rows, length = batch.shape
+  shape = (rows * jax.process_count(), length)
+  shardings = _batch_shardings(mesh, rules or sharding.DEFAULT_RULES, shape)
+  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x, shape),
+                      batch, shardings)
+
+
 def grpo_update(grpo_step: Callable[[TrainState, Params | None, TrainBatch],
                                     tuple[TrainState, Metrics]],
                 state: TrainState, ref_params: Params | None, batch: TrainBatch, *,
-                num_minibatches: int = 1, epochs: int = 1,
-                rng: jax.Array | None = None) -> tuple[TrainState, dict[str, float]]:
+                num_minibatches: int = 1, epochs: int = 1, rng: jax.Array | None = None,
+                mesh: Mesh | None = None, rules: sharding.Rules | None = None
+                ) -> tuple[TrainState, dict[str, float]]:
   """Several updates on one rollout batch: `epochs` passes over `num_minibatches` row blocks.
 
   With `rng`, rows are shuffled at every epoch (fold_in(rng, epoch)), so mini-batches mix
   groups; without it they are taken in order (verl's default, shuffle=False). Each
   mini-batch loss is normalised by its own counts, as in verl. Returns the final state and
   the metrics averaged over the updates (`*_max` / `*_min`: max / min), plus num_updates.
+
+  `batch` (numpy) is this process's rows: the whole batch on one process. On several
+  processes each passes the same number of rows (its rollouts', padded) and the grpo step's
+  `mesh` / `rules`; rows never leave their process: the shuffle (the same permutation
+  everywhere) and the mini-batch split act on each process's rows, and mini-batch m is the
+  m-th block of every process's rows, laid out on the devices of the process that has them
+  (this needs `distributed.local_batch_shards`' layout).
   """
   rows = batch.shape[0]
   if rows % num_minibatches:
@@ -232,7 +271,7 @@ def grpo_update(grpo_step: Callable[[TrainState, Params | None, TrainBatch],
       order = np.asarray(jax.random.permutation(jax.random.fold_in(rng, epoch), rows))
       epoch_batch = batch_lib.take_rows(batch, order)
     for minibatch in batch_lib.split_rows(epoch_batch, num_minibatches):
-      state, metrics = grpo_step(state, ref_params, minibatch)
+      state, metrics = grpo_step(state, ref_params, _from_process_rows(minibatch, mesh, rules))
       history.append(metrics)
   history = jax.device_get(history)
   summary = {}
@@ -267,4 +306,8 @@ def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
     return jax.jit(logprobs, in_shardings=(params_sharding, batch_sharding),
                    out_shardings=batch_sharding.tokens)
 
-  return lambda params, batch: compiled(batch.shape)(params, batch)
+  def logprobs_fn(params: Params, batch: TrainBatch) -> jax.Array:
+    return compiled(batch.shape)(params, _placed(batch, _batch_shardings(mesh, rules,
+                                                                         batch.shape)))
+
+  return logprobs_fn
