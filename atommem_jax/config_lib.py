@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict(dict(
       steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20, weight_decay=0.01,
-      grad_clip=1.0, grad_accum=1, packing=True))
+      grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0))
 
   c.grpo = ml_collections.ConfigDict(dict(
       steps=0, questions_per_batch=16, group_size=8, lr=1e-6, warmup_steps=20, weight_decay=0.01,
@@ -117,6 +117,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail(f"{section}.{field}", c[section][field], "a non-negative integer (grad_accum >= 1)")
     if c[section].lr <= 0:
       _fail(f"{section}.lr", c[section].lr, "> 0")
+  if c.sft.prompt_loss_weight < 0:
+    _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
   g = c.grpo
   if g.group_size < 2:
     _fail("grpo.group_size", g.group_size, ">= 2 (advantages are relative to the group)")

@@ -197,6 +197,35 @@ def test_sft_loss_with_external_token_count_adds_up_over_row_blocks():
   np.testing.assert_allclose(total, float(full), rtol=1e-5)
 
 
+def test_sft_prompt_loss_weight_adds_weighted_prompt_nll_like_torch():
+  batch = _packed_batch()
+  logits = _logits(batch)
+  weight = 0.25
+  loss, metrics = losses.sft_loss(jnp.asarray(logits), batch, prompt_loss_weight=weight)
+  # Reference: per-token weights 1 (response) / w (prompt) on every token that has a
+  # predecessor in its own sequence, torch cross entropy, divided by the response count.
+  tokens = np.asarray(batch.tokens)
+  segments = np.asarray(batch.segment_ids)
+  response = np.asarray(batch.loss_mask)
+  nll = torch.nn.functional.cross_entropy(
+      torch.from_numpy(logits[:, :-1]).reshape(-1, VOCAB),
+      torch.from_numpy(tokens[:, 1:].astype(np.int64)).reshape(-1),
+      reduction="none").reshape(tokens.shape[0], -1).numpy()
+  weights = np.zeros(nll.shape)
+  for row, t in itertools.product(range(tokens.shape[0]), range(1, tokens.shape[1])):
+    if segments[row, t] != 0 and segments[row, t] == segments[row, t - 1]:
+      weights[row, t - 1] = 1.0 if response[row, t] else weight
+  response_count = (weights == 1.0).sum()
+  np.testing.assert_allclose(float(loss), (weights * nll).sum() / response_count, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["response_loss"]),
+                             nll[weights == 1.0].sum() / response_count, rtol=1e-5)
+  prompt = weights == weight
+  assert int(metrics["prompt_tokens"]) == int(prompt.sum())
+  np.testing.assert_allclose(float(metrics["prompt_nll_sum"]), nll[prompt].sum(), rtol=1e-5)
+  unweighted, plain = losses.sft_loss(jnp.asarray(logits), batch)
+  assert float(loss) > float(unweighted) and "prompt_tokens" not in plain
+
+
 # --- GRPO ---------------------------------------------------------------------------------
 
 

@@ -66,10 +66,11 @@ def _mesh(mesh_shape):
 
 
 @functools.cache
-def _sft_step(optimizer, mesh_shape=None, grad_accum_steps=1):
+def _sft_step(optimizer, mesh_shape=None, grad_accum_steps=1, prompt_loss_weight=0.0):
   """One step function (and so one compilation per batch shape) shared by the tests."""
   return steps.make_sft_step(CONFIG, optimizer, _mesh(mesh_shape),
-                             grad_accum_steps=grad_accum_steps)
+                             grad_accum_steps=grad_accum_steps,
+                             prompt_loss_weight=prompt_loss_weight)
 
 
 def _host(tree):
@@ -124,21 +125,40 @@ def test_sharded_sft_step_matches_unsharded(params, mesh_shape):
   _assert_trees_close(_host(sharded_state.opt_state), _host(single_state.opt_state), atol=2e-5)
 
 
-def _sgd_step_result(params, batch, grad_accum_steps=1):
+def _sgd_step_result(params, batch, grad_accum_steps=1, prompt_loss_weight=0.0):
   state = state_lib.create_train_state(CONFIG, params, SGD)
-  state, metrics = _sft_step(SGD, None, grad_accum_steps)(state, batch)
+  state, metrics = _sft_step(SGD, None, grad_accum_steps, prompt_loss_weight)(state, batch)
   return _host(state.params), _host(metrics)
 
 
-def test_gradient_accumulation_equals_one_big_batch(params):
+@pytest.mark.parametrize("prompt_loss_weight", [0.0, 0.3])
+def test_gradient_accumulation_equals_one_big_batch(params, prompt_loss_weight):
   # Rows of different lengths: micro-batches hold different token counts, so averaging
   # per-micro-batch means would differ from the big batch.
   batch = batch_lib.pad_examples(_examples(8, seed=2), length=LENGTH)
-  big_params, big = _sgd_step_result(params, batch)
-  accumulated_params, accumulated = _sgd_step_result(params, batch, grad_accum_steps=4)
-  np.testing.assert_allclose(accumulated["loss"], big["loss"], rtol=1e-5)
-  np.testing.assert_allclose(accumulated["grad_norm"], big["grad_norm"], rtol=1e-5)
+  big_params, big = _sgd_step_result(params, batch, 1, prompt_loss_weight)
+  accumulated_params, accumulated = _sgd_step_result(params, batch, 4, prompt_loss_weight)
+  names = ("loss", "grad_norm") + (("prompt_loss", "response_loss") if prompt_loss_weight
+                                    else ())
+  for name in names:
+    np.testing.assert_allclose(accumulated[name], big[name], rtol=1e-5, err_msg=name)
   _assert_trees_close(accumulated_params, big_params, atol=1e-6)
+  if prompt_loss_weight:  # the prompt term is in the optimised loss, and so in the update
+    plain_params, plain = _sgd_step_result(params, batch)
+    np.testing.assert_allclose(big["response_loss"], plain["loss"], rtol=1e-6)
+    np.testing.assert_allclose(big["loss"] - plain["loss"],
+                               prompt_loss_weight * big["prompt_loss"]
+                               * _prompt_to_response_ratio(batch), rtol=1e-4)
+    assert not np.allclose(plain_params["embedder"]["embedding"],
+                           big_params["embedder"]["embedding"], atol=1e-7)
+
+
+def _prompt_to_response_ratio(batch):
+  """Prompt target tokens / response target tokens of a batch (numpy, from its fields)."""
+  segments, response = np.asarray(batch.segment_ids), np.asarray(batch.loss_mask)
+  has_predecessor = (segments[:, 1:] != 0) & (segments[:, 1:] == segments[:, :-1])
+  responses = (has_predecessor & (response[:, 1:] > 0)).sum()
+  return (has_predecessor.sum() - responses) / responses
 
 
 def test_packing_gives_the_same_loss_and_gradient_as_unpacked_rows(params):

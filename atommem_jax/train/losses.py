@@ -131,19 +131,32 @@ def aggregate(values: jax.Array, batch: TrainBatch, aggregation: str, *,
   return total / jnp.maximum(count, 1.0)
 
 
-def sft_loss(logits: jax.Array, batch: TrainBatch, *,
-             num_tokens: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+def sft_loss(logits: jax.Array, batch: TrainBatch, *, num_tokens: jax.Array | None = None,
+             prompt_loss_weight: float = 0.0) -> tuple[jax.Array, Metrics]:
   """Completion-only cross-entropy: mean negative log-likelihood over the response tokens.
 
-  Returns (loss, {"loss", "num_tokens"}); `num_tokens` (default: this batch's count) is the
-  divisor, so passing the full batch's count makes micro-batch losses add up.
+  `prompt_loss_weight` w > 0 adds the prompt tokens' NLL with per-token weight w (as the
+  fine-tuning option of that name): loss = (sum_response nll + w * sum_prompt nll) /
+  num_tokens. A model trained from random init has never read text; a little language
+  modelling on the prompts (whose documents repeat names) teaches it to copy from context.
+
+  Returns (loss, {"loss", "num_tokens"} plus, when w > 0, "response_loss" (the loss without
+  the prompt term), "prompt_nll_sum" and "prompt_tokens", which add up over micro-batches); `num_tokens` (default: this batch's
+  count of response tokens) is the divisor, so passing the full batch's count makes
+  micro-batch losses add up. "loss" is the optimised value.
   """
   mask = target_mask(batch)
   nll = -token_logprobs(logits, batch.tokens)
   count = jnp.sum(mask)
-  divisor = count if num_tokens is None else num_tokens
-  loss = jnp.sum(jnp.where(mask > 0, nll, 0.0)) / jnp.maximum(divisor, 1.0)
-  return loss, {"loss": loss, "num_tokens": count}
+  divisor = jnp.maximum(count if num_tokens is None else num_tokens, 1.0)
+  loss = jnp.sum(jnp.where(mask > 0, nll, 0.0)) / divisor
+  metrics = {"num_tokens": count}
+  if prompt_loss_weight:
+    prompt = target_mask(dataclasses.replace(batch, loss_mask=jnp.ones_like(mask))) * (1 - mask)
+    prompt_sum = jnp.sum(jnp.where(prompt > 0, nll, 0.0))
+    metrics.update(response_loss=loss, prompt_nll_sum=prompt_sum, prompt_tokens=jnp.sum(prompt))
+    loss = loss + prompt_loss_weight * prompt_sum / divisor
+  return loss, {"loss": loss, **metrics}
 
 
 def group_advantages(rewards: jax.Array, *, normalize_std: bool = False,

@@ -144,7 +144,8 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
   c = job.config.sft
   optimizer = state_lib.make_optimizer(optimizer_config(c))
   sft_step = steps_lib.make_sft_step(job.model_config, optimizer, job.mesh,
-                                     grad_accum_steps=c.grad_accum)
+                                     grad_accum_steps=c.grad_accum,
+                                     prompt_loss_weight=c.prompt_loss_weight)
   timer = metrics_lib.StepTimer()
   with checkpointer(job, SFT) as manager:
     state, start = _start_state(job, SFT, optimizer, init, manager)

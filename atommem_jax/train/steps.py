@@ -132,11 +132,14 @@ def _logits(config: Qwen3Config, params: Params, batch: TrainBatch, mesh: Mesh,
 
 def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
                   mesh: Mesh | None = None, rules: sharding.Rules | None = None, *,
-                  grad_accum_steps: int = 1
+                  grad_accum_steps: int = 1, prompt_loss_weight: float = 0.0
                   ) -> Callable[[TrainState, TrainBatch], tuple[TrainState, Metrics]]:
   """Returns sft_step(state, batch) -> (state, metrics): one AdamW update on the SFT loss.
 
-  Metrics: loss (mean NLL over the batch's response tokens), num_tokens, grad_norm.
+  Metrics: loss (the optimised value: mean NLL over the batch's response tokens, plus the
+  weighted prompt NLL of `losses.sft_loss` when prompt_loss_weight > 0), num_tokens,
+  grad_norm, and when prompt_loss_weight > 0: response_loss (the response tokens' mean NLL)
+  and prompt_loss (the prompt tokens' mean NLL).
   """
   mesh = mesh or state_lib.single_device_mesh()
   rules = rules or sharding.DEFAULT_RULES
@@ -148,11 +151,14 @@ def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
 
     def loss_fn(params, micro):
       return losses.sft_loss(_logits(config, params, micro, mesh, rules), micro,
-                             num_tokens=num_tokens)
+                             num_tokens=num_tokens, prompt_loss_weight=prompt_loss_weight)
 
     grads, metrics = _accumulated_grads(loss_fn, state.params, batch, grad_accum_steps, mesh,
                                         rules)
     state, grad_norm = _apply(state, grads, optimizer, shardings.params)
+    if prompt_loss_weight:
+      metrics["prompt_loss"] = (metrics.pop("prompt_nll_sum")
+                                / jnp.maximum(metrics.pop("prompt_tokens"), 1.0))
     return state, {**metrics, "grad_norm": grad_norm}
 
   @functools.cache
