@@ -1,7 +1,7 @@
 """The embedded default: a tiny Qwen3 on the synthetic task, end to end on a 2-core CPU.
 
-`make demo` trains it from random init (SFT on oracle trajectories, then GRPO) in about ten
-minutes. The prompt template is a compact one (configs/tiny_prompt.txt) so that a step's
+`make demo` trains it from random init (SFT on oracle trajectories, then GRPO): about 25
+minutes on a 2-core CPU, over the 10-minute target (issue 5). The prompt template is a compact one (configs/tiny_prompt.txt) so that a step's
 prompt stays near 200 tokens of the synthetic BPE.
 """
 
@@ -31,12 +31,12 @@ def get_config():
   c.data.synthetic.update(train_contexts=4096, eval_contexts=64, num_entities=4, num_cities=3,
                           num_docs=6, hops=1, num_updates=1, doc_length=4)
   c.rollout.update(prompt_buckets=(192, 256), max_new_tokens=40)
-  # A model trained from random init has never read text: prompt_loss_weight adds a little
-  # language modelling on the prompts (losses.sft_loss), the pretraining the paper's Qwen3 had.
-  # 900 SFT steps and 10 GRPO steps keep `make demo` near 10 minutes on a 2-core CPU.
-  c.sft.update(steps=900, batch_size=16, max_len=512, lr=5e-3, warmup_steps=20, packing=True,
-               prompt_loss_weight=0.1)
-  c.grpo.update(steps=10, questions_per_batch=4, group_size=4, lr=2e-4, warmup_steps=2)
+  # 1500 SFT steps (about 13 minutes of a 2-core CPU) are where the policy starts to answer
+  # (EM 0.09, seed 0); 900 steps (the 10-minute budget) still give EM 0. See BENCHMARKS.md.
+  # sft.prompt_loss_weight (language modelling on the prompts) is off: 0.1 was not measurably
+  # better at 600 and 900 steps.
+  c.sft.update(steps=1500, batch_size=16, max_len=512, lr=5e-3, warmup_steps=20, packing=True)
+  c.grpo.update(steps=20, questions_per_batch=4, group_size=4, lr=2e-4, warmup_steps=2)
   c.eval.update(num_contexts=64, batch_size=32)
   c.checkpoint.update(every_steps=50, max_to_keep=2)
   return c
