@@ -1,8 +1,9 @@
 """The embedded default: a tiny Qwen3 on the synthetic task, end to end on a 2-core CPU.
 
-`make demo` trains it from random init (SFT on oracle trajectories, then GRPO): about 25
-minutes on a 2-core CPU, over the 10-minute target (issue 5). The prompt template is a compact one (configs/tiny_prompt.txt) so that a step's
-prompt stays near 200 tokens of the synthetic BPE.
+`make demo` trains it from random init (SFT on oracle trajectories, then GRPO): about 15-25
+minutes on a 2-core CPU, over the 10-minute target (issue 5). The prompt template is a
+compact one (configs/tiny_prompt.txt) so that a step's prompt stays near 200 tokens of the
+synthetic BPE.
 """
 
 import os
