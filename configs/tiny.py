@@ -33,7 +33,8 @@ def get_config():
                           num_docs=6, hops=1, num_updates=1, doc_length=4)
   c.rollout.update(prompt_buckets=(192, 256), max_new_tokens=40)
   # 1500 SFT steps (about 13 minutes of a 2-core CPU) are where the policy starts to answer
-  # (EM 0.09, seed 0); 900 steps (the 10-minute budget) still give EM 0. See BENCHMARKS.md.
+  # on some seeds (EM 0.094 / 0.000 / 0.016, seeds 0-2); 900 steps (the 10-minute budget)
+  # gave EM 0. See BENCHMARKS.md.
   # sft.prompt_loss_weight (language modelling on the prompts) is off: 0.1 was not measurably
   # better at 600 and 900 steps.
   c.sft.update(steps=1500, batch_size=16, max_len=512, lr=5e-3, warmup_steps=20, packing=True)
