@@ -133,6 +133,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   env_config(c)  # EnvConfig checks its own fields
 
 
+def execution_fields(c: ml_collections.ConfigDict, *, rollout: bool = False) -> dict:
+  """Qwen3Config fields of how the model runs (dtypes, remat, scan), for training or rollout."""
+  return dict(param_dtype=c.model.rollout_dtype if rollout else c.model.param_dtype,
+              dtype=c.model.rollout_dtype if rollout else c.model.dtype,
+              remat="none" if rollout else c.model.remat, scan_layers=c.model.scan_layers)
+
+
 def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
   """Qwen3Config from model.preset with model.overrides, or from model.hf_dir/config.json.
 
@@ -142,9 +149,7 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
-  execution = dict(param_dtype=c.model.rollout_dtype if rollout else c.model.param_dtype,
-                   dtype=c.model.rollout_dtype if rollout else c.model.dtype,
-                   remat="none" if rollout else c.model.remat, scan_layers=c.model.scan_layers)
+  execution = execution_fields(c, rollout=rollout)
   if c.model.hf_dir:
     path = os.path.join(c.model.hf_dir, "config.json")
     if not os.path.exists(path):

@@ -8,8 +8,8 @@ r"""Greedy evaluation of a policy on long-context QA files: EM/F1, operation usa
 the word "synthetic" (config.data.synthetic, eval_contexts contexts from seed config.seed + 1).
 The model policy comes from --checkpoint (a training run's workdir or one of its orbax
 directories: the newest complete step, GRPO before SFT; the model config and tokenizer the
-run recorded in its workdir win over the config file's), --hf_dir (a Hugging Face directory; also config.model.hf_dir), or, with
-neither, a random init of config.model.preset. "oracle" and "memagent" are the scripted
+run recorded in its workdir win over the config file's), --hf_dir (a Hugging Face directory;
+also config.model.hf_dir), or, with neither, a random init of config.model.preset. "oracle" and "memagent" are the scripted
 teachers of `agent.oracle` run through the same jitted episode loop: an upper bound and a
 workflow baseline.
 
@@ -113,11 +113,11 @@ def _restore_params(directory: str, model_config, mesh):
   return params
 
 
-def _load_model(config, mesh, tokenizer, run):
+def _load_model(config, mesh, tokenizer, checkpoint_dir: str | None, trained):
   """(model config, params) from --checkpoint, --hf_dir / model.hf_dir, or random init.
 
-  `run` is (orbax directory, the run's (model config, tokenizer dir) or None) for
-  --checkpoint: a training run's recorded model config is used over the config file's.
+  With --checkpoint, `checkpoint_dir` is its orbax directory and `trained` the run's recorded
+  model config (`run_files.trained_model`), used over the config file's when there is one.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
@@ -129,15 +129,10 @@ def _load_model(config, mesh, tokenizer, run):
         hf_dir, config.model.rollout_dtype, mesh=mesh,
         config_overrides=dict(dtype=config.model.rollout_dtype, remat="none",
                               scan_layers=config.model.scan_layers))
-  elif run is not None:
-    directory, trained = run
-    if trained is not None:
-      model_config = trained[0].replace(
-          param_dtype=config.model.rollout_dtype, dtype=config.model.rollout_dtype,
-          remat="none", scan_layers=config.model.scan_layers)
-    else:
-      model_config = config_lib.model_config(config, rollout=True)
-    params = _restore_params(directory, model_config, mesh)
+  elif checkpoint_dir is not None:
+    model_config = (trained[0].replace(**config_lib.execution_fields(config, rollout=True))
+                    if trained is not None else config_lib.model_config(config, rollout=True))
+    params = _restore_params(checkpoint_dir, model_config, mesh)
   else:
     model_config = config_lib.model_config(config, rollout=True)
     print(f"no --checkpoint or --hf_dir: random init of preset {config.model.preset!r}")
@@ -294,19 +289,19 @@ def main(argv: Sequence[str]) -> None:
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from e
   mesh = config_lib.make_mesh(config)
-  run = None
+  checkpoint_dir, trained = None, None
   if _CHECKPOINT.value:
     from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
-    directory, workdir = run_files.find_checkpoints(_CHECKPOINT.value)
-    run = (directory, run_files.trained_model(workdir))
-  if run is not None and run[1] is not None:  # the tokenizer the run trained with
+    checkpoint_dir, workdir = run_files.find_checkpoints(_CHECKPOINT.value)
+    trained = run_files.trained_model(workdir)
+  if trained is not None:  # the tokenizer the run trained with
     from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-    tokenizer = tokenizer_lib.load_tokenizer(run[1][1])
+    tokenizer = tokenizer_lib.load_tokenizer(trained[1])
   else:
     tokenizer = _load_tokenizer(config, _HF_DIR.value or _CHECKPOINT.value or
                                 config.model.hf_dir or None)
-  model_config, params = (_load_model(config, mesh, tokenizer, run) if _POLICY.value == "model"
-                          else (None, None))
+  model_config, params = (_load_model(config, mesh, tokenizer, checkpoint_dir, trained)
+                          if _POLICY.value == "model" else (None, None))
   loop = _make_loop(config, tokenizer, model_config, mesh)
   os.makedirs(_OUT.value, exist_ok=True)
   summary = {"policy": _POLICY.value,

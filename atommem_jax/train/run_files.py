@@ -32,8 +32,10 @@ def find_checkpoints(path: str) -> tuple[str, str | None]:
   candidates += [(os.path.join(path, s), os.path.dirname(os.path.abspath(path)))
                  for s in STAGES]
   for directory, workdir in candidates:
-    if os.path.isdir(directory) and checkpoint_lib.Checkpointer(directory).latest_step():
-      return directory, workdir
+    if os.path.isdir(directory):
+      with checkpoint_lib.Checkpointer(directory) as manager:
+        if manager.latest_step():
+          return directory, workdir
   parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   return path, parent if os.path.isfile(os.path.join(parent, MODEL_CONFIG_FILE)) else None
 
