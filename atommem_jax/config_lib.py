@@ -6,8 +6,10 @@ the typed objects the code uses (Qwen3Config, EnvConfig, SamplingConfig, a mesh)
 `load_config_file` runs another config file (by name or path), so that ablations can
 override any base config.
 
-Sections: model, tokenizer, mesh, embedder, env (agent.env.EnvConfig fields), data, rollout,
-sft, grpo, eval, checkpoint, export.
+Sections: model, tokenizer, mesh, embedder, env (agent.env.EnvConfig fields; its action
+switches are named `enable_scratchpad` ... `enable_delete` here, because a ConfigDict key
+`update` would hide behind the `ConfigDict.update` method and `--config.env.update=False`
+could not be parsed), data, rollout, sft, grpo, eval, checkpoint, export.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.env = ml_collections.ConfigDict(dict(
       chunk_tokens=4000, chunk_overlap=100, max_chunks=40, top_k=6, max_retrieved_tokens=4096,
       max_queries_per_question=3, max_steps=0, max_response_chars=32768, max_content_chars=4000,
-      scratchpad=True, store=True, create=True, read=True, update=True, delete=True,
+      enable_scratchpad=True, enable_store=True, enable_create=True, enable_read=True,
+      enable_update=True, enable_delete=True,
       max_store_entries=0, store_size_penalty=0.0, store_free_size=0, prompt_template="",
       store_backend="scann"))
 
@@ -164,10 +167,22 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
     raise ConfigError(f"config field model.overrides={overrides}: {e}") from e
 
 
+# EnvConfig's action switches; the env section names them `enable_<switch>`.
+ACTION_SWITCHES = ("scratchpad", "store", "create", "read", "update", "delete")
+
+
 def env_config(c: ml_collections.ConfigDict):
   """agent.env.EnvConfig from the env section (0 / "" mean None where the field allows it)."""
   from atommem_jax.agent import env as env_lib  # pylint: disable=g-import-not-at-top
   fields = dict(c.env)
+  renamed = sorted(set(fields) & set(ACTION_SWITCHES))
+  if renamed:
+    raise ConfigError(f"config section env: {', '.join(renamed)} must be written "
+                      f"{', '.join('enable_' + name for name in renamed)} (e.g. "
+                      "`--config.env.enable_update=False`)")
+  for name in ACTION_SWITCHES:
+    if "enable_" + name in fields:
+      fields[name] = fields.pop("enable_" + name)
   for name in ("max_steps", "max_store_entries"):
     fields[name] = fields[name] or None
   fields["prompt_template"] = fields["prompt_template"] or None

@@ -54,7 +54,7 @@ def main(argv: Sequence[str]) -> None:
           if name in main_run["evaluations"]]
   seconds = {"main": main_run["seconds"]}
   ablation = config.copy_and_resolve_references()
-  ablation.env.update = False
+  ablation.env.enable_update = False
   if _ABLATION.value == "sft":
     ablation.grpo.steps = 0
     ablation_run = loop.run(ablation, os.path.join(_WORKDIR.value, "no_update"),

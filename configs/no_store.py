@@ -12,6 +12,6 @@ from atommem_jax import config_lib
 
 def get_config(base: str = "base"):
   c = config_lib.load_config_file(base, directory=os.path.dirname(__file__))
-  c.env.store = False
-  c.env.scratchpad = True
+  c.env.enable_store = False
+  c.env.enable_scratchpad = True
   return c

@@ -12,5 +12,5 @@ from atommem_jax import config_lib
 
 def get_config(base: str = "base"):
   c = config_lib.load_config_file(base, directory=os.path.dirname(__file__))
-  c.env["update"] = False  # item access: ConfigDict.update is a method
+  c.env.enable_update = False
   return c

@@ -28,10 +28,10 @@ PAPER_CONFIGS = ("base", "qwen3_8b_a800", "qwen3_8b_tpu")
 ABLATION_BASES = ("base", "tiny")
 # Ablation -> {(section, field): value} it sets on top of its base, and nothing else.
 ABLATIONS = {
-    "no_update": {("env", "update"): False},
-    "no_delete": {("env", "delete"): False},
-    "no_scratchpad": {("env", "scratchpad"): False},
-    "no_store": {("env", "store"): False, ("env", "scratchpad"): True},
+    "no_update": {("env", "enable_update"): False},
+    "no_delete": {("env", "enable_delete"): False},
+    "no_scratchpad": {("env", "enable_scratchpad"): False},
+    "no_store": {("env", "enable_store"): False, ("env", "enable_scratchpad"): True},
     "topk3": {("env", "top_k"): 3},
     "topk12": {("env", "top_k"): 12},
 }
@@ -70,7 +70,7 @@ def test_ablation_without_argument_is_the_paper_setting(ablation):
 
 def test_ablation_stacks_on_another_ablation():
   config = config_lib.load_config_file("topk12:no_update:tiny").to_dict()
-  assert config["env"]["top_k"] == 12 and config["env"]["update"] is False
+  assert config["env"]["top_k"] == 12 and config["env"]["enable_update"] is False
   assert config["model"]["preset"] == "tiny"
 
 
@@ -86,10 +86,11 @@ def test_ablation_works_through_config_flags_from_another_directory(tmp_path):
   """))
   result = subprocess.run(
       [sys.executable, str(script), "--config", os.path.join(CONFIG_DIR, "no_store.py:tiny"),
-       "--config.env.top_k=2"],
+       "--config.env.top_k=2", "--config.env.enable_update=False"],
       cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
   shown = json.loads(result.stdout.strip().splitlines()[-1])
-  assert shown["env"]["store"] is False and shown["env"]["top_k"] == 2
+  assert shown["env"]["enable_store"] is False and shown["env"]["top_k"] == 2
+  assert shown["env"]["enable_update"] is False and shown["env"]["enable_delete"] is True
   assert shown["model"]["preset"] == "tiny"
 
 
@@ -134,7 +135,7 @@ def test_paper_configs_carry_the_published_hyperparameters(name):
   # Environment: chunk 4000 with 100 overlap, at most 40 chunks, top-k 6, 4096 retrieved.
   assert (c.env.chunk_tokens, c.env.chunk_overlap, c.env.max_chunks) == (4000, 100, 40)
   assert c.env.top_k == 6 and c.env.max_retrieved_tokens == 4096
-  assert all(c.env[op] for op in ("scratchpad", "store", "create", "read", "update", "delete"))
+  assert all(c.env["enable_" + op] for op in config_lib.ACTION_SWITCHES)
   # Generation cap 4096 tokens per step.
   assert c.rollout.max_new_tokens == 4096
   # Qwen3-8B from a user-given HF directory, fp32 master weights, bf16 compute, full remat.
@@ -298,3 +299,14 @@ def test_local_multiprocess_stops_the_others_when_one_fails(tmp_path):
   assert result.returncode == 1
   assert "a process failed" in result.stderr
   assert "process 1 fails on purpose" in result.stderr
+
+
+def test_old_action_switch_names_fail_with_the_new_name():
+  """A config still writing `env["update"]` gets an error naming `enable_update`, and the
+  switches reach EnvConfig under their own names."""
+  c = config_lib.load_config_file("tiny")
+  c.env["update"] = False
+  with pytest.raises(config_lib.ConfigError, match="update must be written enable_update"):
+    config_lib.validate(c)
+  env = config_lib.env_config(config_lib.load_config_file("no_update:tiny"))
+  assert env.update is False and env.delete is True and env.store is True
