@@ -1,0 +1,136 @@
+"""How fast does a tiny Qwen3 learn in-context associative recall? A diagnostic for issue 5.
+
+  python bench/probe_recall.py [--key k1|k2|k3] [--facts 16] [--queries 4] [--batch 16]
+                               [--steps 1000] [--lr 5e-3] [--b2 0.999] [--heads 4]
+                               [--warm_facts 3 --warm_steps 600]
+
+The synthetic task needs an in-context lookup at every Create, Update and answer ("The friend of
+Bilu is Mina" ... "Who is the friend of Bilu?"). This probe trains the tiny default's shape
+(2 layers, d128, vocabulary 2048, AdamW, our `make_sft_step`) on that skill alone. Each sequence
+lists `facts` facts, then asks `queries` of them again; the loss is on the asked values only:
+
+  k1: fact "e is v ."      question "? e is v ."       one-token key (e unique per fact)
+  k2: fact "e r v ."       question "? e r v ."        two-token key (4 relations x 5 entities)
+  k3: fact "r e is v ."    question "? r e is v ."     two-token key and a shared "is"
+
+Keys and values are drawn from a pool of 377 tokens, as the synthetic task's names. Every
+`--every` steps it prints the training loss and the accuracy of the argmax on a fixed held-out
+batch of 256 sequences with `facts` facts. With `--warm_steps`, the first steps train on
+sequences of `--warm_facts` facts (a short-context curriculum). References: ln(377) = 5.93 is the loss of a uniform guess over the
+pool; ln(facts) that of a uniform guess among the values in context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from atommem_jax.model import config as model_config_lib
+from atommem_jax.model import qwen3
+from atommem_jax.train import state as state_lib
+from atommem_jax.train import steps as steps_lib
+from atommem_jax.train.batch import TrainBatch
+
+POOL, FIRST_NAME = 377, 100  # value / key tokens: FIRST_NAME ... FIRST_NAME + POOL - 1
+BOS, IS, DOT, ASK, FIRST_RELATION = 5, 10, 11, 12, 20
+
+
+def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int):
+  """Token ids and loss mask of one sequence (see the module docstring)."""
+  if key == "k1":
+    keys = [(int(e),) for e in FIRST_NAME + rng.choice(POOL, facts, replace=False)]
+  else:
+    entities = FIRST_NAME + rng.choice(POOL, 5, replace=False)
+    every = [(r, int(e)) for r in range(FIRST_RELATION, FIRST_RELATION + 4) for e in entities]
+    keys = [every[i] for i in rng.choice(len(every), facts, replace=False)]
+
+  def prefix(k):
+    if key == "k1":
+      return [k[0], IS]
+    return [k[1], k[0]] if key == "k2" else [k[0], k[1], IS]
+
+  tokens, mask, value = [BOS], [0], {}
+  for k in keys:
+    value[k] = FIRST_NAME + int(rng.integers(POOL))
+    tokens += prefix(k) + [value[k], DOT]
+    mask += [0] * (len(prefix(k)) + 2)
+  for i in rng.choice(len(keys), queries, replace=False):
+    k = keys[i]
+    tokens += [ASK] + prefix(k) + [value[k], DOT]
+    mask += [0] * (len(prefix(k)) + 1) + [1, 0]
+  return tokens, mask
+
+
+def make_batch(rng: np.random.Generator, key: str, facts: int, queries: int,
+               batch: int) -> TrainBatch:
+  rows = [_sequence(rng, key, facts, queries) for _ in range(batch)]
+  tokens = np.array([r[0] for r in rows], np.int32)
+  mask = np.array([r[1] for r in rows], np.float32)
+  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape).copy()
+  return TrainBatch(tokens=tokens, positions=positions, segment_ids=np.ones_like(tokens),
+                    loss_mask=mask, old_logprobs=np.zeros_like(mask),
+                    advantages=np.zeros_like(mask))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--key", choices=("k1", "k2", "k3"), default="k1")
+  parser.add_argument("--facts", type=int, default=16)
+  parser.add_argument("--queries", type=int, default=4)
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--every", type=int, default=100)
+  parser.add_argument("--lr", type=float, default=5e-3)
+  parser.add_argument("--b2", type=float, default=0.999)
+  parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--warm_facts", type=int, default=3)
+  parser.add_argument("--warm_steps", type=int, default=0)
+  args = parser.parse_args()
+  for facts in (args.facts, args.warm_facts):
+    if not 1 <= min(args.queries, facts) or (args.key != "k1" and facts > 20):
+      parser.error("need --queries >= 1, --facts and --warm_facts >= 1, and at most 20 facts "
+                   "for the two-token keys")
+  if 128 % args.heads:
+    parser.error("--heads must divide the width, 128")
+
+  config = model_config_lib.preset("tiny").replace(
+      vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+      num_attention_heads=args.heads, num_key_value_heads=max(1, args.heads // 2),
+      head_dim=128 // args.heads, remat="none")
+  optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig(
+      learning_rate=args.lr, warmup_steps=20, b2=args.b2))
+  state = state_lib.create_train_state(config, jax.random.key(args.seed), optimizer)
+  step = steps_lib.make_sft_step(config, optimizer)
+  rng = np.random.default_rng(args.seed)
+  held_out = make_batch(np.random.default_rng(10_000 + args.seed), args.key, args.facts,
+                        args.queries, 256)
+
+  @jax.jit
+  def accuracy(params):
+    logits = qwen3.logits(config, params, held_out.tokens[:, :-1])
+    hits = (jnp.argmax(logits, -1) == held_out.tokens[:, 1:]) * held_out.loss_mask[:, 1:]
+    return hits.sum() / held_out.loss_mask.sum()
+
+  print(f"key {args.key}, {args.facts} facts, {args.queries} questions, batch {args.batch}, "
+        f"lr {args.lr}, b2 {args.b2}, {args.heads} heads, first {args.warm_steps} steps on "
+        f"{args.warm_facts} facts; reference losses: uniform over the "
+        f"pool {math.log(POOL):.2f}, uniform over the facts' values {math.log(args.facts):.2f}")
+  print("| step | train loss | held-out accuracy | seconds |\n|---|---|---|---|")
+  started = time.perf_counter()
+  for number in range(1, args.steps + 1):
+    facts = args.warm_facts if number <= args.warm_steps else args.facts
+    state, metrics = step(state, make_batch(rng, args.key, facts, min(args.queries, facts),
+                                            args.batch))
+    if number % args.every == 0 or number == args.steps:
+      print(f"| {number} | {float(metrics['loss']):.3f} | {float(accuracy(state.params)):.3f} | "
+            f"{time.perf_counter() - started:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
