@@ -2,11 +2,12 @@
 
   python bench/probe_recall.py [--key k1|k2|k3] [--facts 16] [--queries 4] [--batch 16]
                                [--steps 1000] [--lr 5e-3] [--b2 0.999] [--heads 4]
+                               [--width 128] [--layers 2]
                                [--warm_facts 3 --warm_steps 600]
 
 The synthetic task needs an in-context lookup at every Create, Update and answer ("The friend of
 Bilu is Mina" ... "Who is the friend of Bilu?"). This probe trains the tiny default's shape
-(2 layers, d128, vocabulary 2048, AdamW, our `make_sft_step`) on that skill alone. Each sequence
+(by default 2 layers, d128, vocabulary 2048; AdamW and our `make_sft_step`) on that skill alone. Each sequence
 lists `facts` facts, then asks `queries` of them again; the loss is on the asked values only:
 
   k1: fact "e is v ."      question "? e is v ."       one-token key (e unique per fact)
@@ -88,6 +89,8 @@ def main() -> None:
   parser.add_argument("--lr", type=float, default=5e-3)
   parser.add_argument("--b2", type=float, default=0.999)
   parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--width", type=int, default=128)
+  parser.add_argument("--layers", type=int, default=2)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--warm_facts", type=int, default=3)
   parser.add_argument("--warm_steps", type=int, default=0)
@@ -96,13 +99,14 @@ def main() -> None:
     if not 1 <= min(args.queries, facts) or (args.key != "k1" and facts > 20):
       parser.error("need --queries >= 1, --facts and --warm_facts >= 1, and at most 20 facts "
                    "for the two-token keys")
-  if 128 % args.heads:
-    parser.error("--heads must divide the width, 128")
+  if args.width % args.heads:
+    parser.error("--heads must divide --width")
 
   config = model_config_lib.preset("tiny").replace(
-      vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-      num_attention_heads=args.heads, num_key_value_heads=max(1, args.heads // 2),
-      head_dim=128 // args.heads, remat="none")
+      vocab_size=2048, hidden_size=args.width, intermediate_size=3 * args.width,
+      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+      num_key_value_heads=max(1, args.heads // 2), head_dim=args.width // args.heads,
+      remat="none")
   optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig(
       learning_rate=args.lr, warmup_steps=20, b2=args.b2))
   state = state_lib.create_train_state(config, jax.random.key(args.seed), optimizer)
@@ -118,7 +122,7 @@ def main() -> None:
     return hits.sum() / held_out.loss_mask.sum()
 
   print(f"key {args.key}, {args.facts} facts, {args.queries} questions, batch {args.batch}, "
-        f"lr {args.lr}, b2 {args.b2}, {args.heads} heads, first {args.warm_steps} steps on "
+        f"lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, {args.heads} heads, first {args.warm_steps} steps on "
         f"{args.warm_facts} facts; reference losses: uniform over the "
         f"pool {math.log(POOL):.2f}, uniform over the facts' values {math.log(args.facts):.2f}")
   print("| step | train loss | held-out accuracy | seconds |\n|---|---|---|---|")
