@@ -1,8 +1,8 @@
 """How fast does a tiny Qwen3 learn in-context associative recall? A diagnostic for issue 5.
 
-  python bench/probe_recall.py [--key k1|k2|k3] [--facts 16] [--queries 4] [--batch 16]
+  python bench/probe_recall.py [--key k1|k2|k3|anchor] [--facts 16] [--queries 4] [--batch 16]
                                [--steps 1000] [--lr 5e-3] [--b2 0.999] [--heads 4]
-                               [--width 128] [--layers 2]
+                               [--width 128] [--layers 2] [--qk_norm_init 1.0]
                                [--warm_facts 3 --warm_steps 600]
 
 The synthetic task needs an in-context lookup at every Create, Update and answer ("The friend of
@@ -13,6 +13,8 @@ lists `facts` facts, then asks `queries` of them again; the loss is on the asked
   k1: fact "e is v ."      question "? e is v ."       one-token key (e unique per fact)
   k2: fact "e r v ."       question "? e r v ."        two-token key (4 relations x 5 entities)
   k3: fact "r e is v ."    question "? r e is v ."     two-token key and a shared "is"
+  anchor: as k1, but one fact reads "e now v ." and the one question is "? now v .": the
+      value follows a fixed marker word, a lookup that needs no in-context key match
 
 Keys and values are drawn from a pool of 377 tokens, as the synthetic task's names. Every
 `--every` steps it prints the training loss and the accuracy of the argmax on a fixed held-out
@@ -24,6 +26,7 @@ pool; ln(facts) that of a uniform guess among the values in context.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 
@@ -38,21 +41,23 @@ from atommem_jax.train import steps as steps_lib
 from atommem_jax.train.batch import TrainBatch
 
 POOL, FIRST_NAME = 377, 100  # value / key tokens: FIRST_NAME ... FIRST_NAME + POOL - 1
-BOS, IS, DOT, ASK, FIRST_RELATION = 5, 10, 11, 12, 20
+BOS, IS, DOT, ASK, NOW, FIRST_RELATION = 5, 10, 11, 12, 13, 20
 
 
 def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int):
   """Token ids and loss mask of one sequence (see the module docstring)."""
-  if key == "k1":
+  if key in ("k1", "anchor"):
     keys = [(int(e),) for e in FIRST_NAME + rng.choice(POOL, facts, replace=False)]
   else:
     entities = FIRST_NAME + rng.choice(POOL, 5, replace=False)
     every = [(r, int(e)) for r in range(FIRST_RELATION, FIRST_RELATION + 4) for e in entities]
     keys = [every[i] for i in rng.choice(len(every), facts, replace=False)]
 
+  marked = keys[int(rng.integers(len(keys)))] if key == "anchor" else None
+
   def prefix(k):
-    if key == "k1":
-      return [k[0], IS]
+    if key in ("k1", "anchor"):
+      return [k[0], NOW if k == marked else IS]
     return [k[1], k[0]] if key == "k2" else [k[0], k[1], IS]
 
   tokens, mask, value = [BOS], [0], {}
@@ -60,6 +65,8 @@ def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int):
     value[k] = FIRST_NAME + int(rng.integers(POOL))
     tokens += prefix(k) + [value[k], DOT]
     mask += [0] * (len(prefix(k)) + 2)
+  if marked is not None:
+    return tokens + [ASK, NOW, value[marked], DOT], mask + [0, 0, 1, 0]
   for i in rng.choice(len(keys), queries, replace=False):
     k = keys[i]
     tokens += [ASK] + prefix(k) + [value[k], DOT]
@@ -80,7 +87,7 @@ def make_batch(rng: np.random.Generator, key: str, facts: int, queries: int,
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--key", choices=("k1", "k2", "k3"), default="k1")
+  parser.add_argument("--key", choices=("k1", "k2", "k3", "anchor"), default="k1")
   parser.add_argument("--facts", type=int, default=16)
   parser.add_argument("--queries", type=int, default=4)
   parser.add_argument("--batch", type=int, default=16)
@@ -91,12 +98,15 @@ def main() -> None:
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--width", type=int, default=128)
   parser.add_argument("--layers", type=int, default=2)
+  parser.add_argument("--qk_norm_init", type=float, default=1.0,
+                      help="initial q_norm/k_norm scale (Qwen3: 1); larger allows sharper "
+                           "attention from the first step")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--warm_facts", type=int, default=3)
   parser.add_argument("--warm_steps", type=int, default=0)
   args = parser.parse_args()
   for facts in (args.facts, args.warm_facts):
-    if not 1 <= min(args.queries, facts) or (args.key != "k1" and facts > 20):
+    if not 1 <= min(args.queries, facts) or (args.key in ("k2", "k3") and facts > 20):
       parser.error("need --queries >= 1, --facts and --warm_facts >= 1, and at most 20 facts "
                    "for the two-token keys")
   if args.width % args.heads:
@@ -110,6 +120,12 @@ def main() -> None:
   optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig(
       learning_rate=args.lr, warmup_steps=20, b2=args.b2))
   state = state_lib.create_train_state(config, jax.random.key(args.seed), optimizer)
+  if args.qk_norm_init != 1.0:
+    attn = dict(state.params["layers"]["attn"])
+    for name in ("q_norm", "k_norm"):
+      attn[name] = {"scale": attn[name]["scale"] * args.qk_norm_init}
+    params = {**state.params, "layers": {**state.params["layers"], "attn": attn}}
+    state = dataclasses.replace(state, params=params)
   step = steps_lib.make_sft_step(config, optimizer)
   rng = np.random.default_rng(args.seed)
   held_out = make_batch(np.random.default_rng(10_000 + args.seed), args.key, args.facts,
@@ -122,7 +138,7 @@ def main() -> None:
     return hits.sum() / held_out.loss_mask.sum()
 
   print(f"key {args.key}, {args.facts} facts, {args.queries} questions, batch {args.batch}, "
-        f"lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, {args.heads} heads, first {args.warm_steps} steps on "
+        f"lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, {args.heads} heads, q/k norm init {args.qk_norm_init}, first {args.warm_steps} steps on "
         f"{args.warm_facts} facts; reference losses: uniform over the "
         f"pool {math.log(POOL):.2f}, uniform over the facts' values {math.log(args.facts):.2f}")
   print("| step | train loss | held-out accuracy | seconds |\n|---|---|---|---|")
