@@ -9,9 +9,9 @@ the word "synthetic" (config.data.synthetic, eval_contexts contexts from seed co
 The model policy comes from --checkpoint (a training run's workdir or one of its orbax
 directories: the newest complete step, GRPO before SFT; the model config and tokenizer the
 run recorded in its workdir win over the config file's), --hf_dir (a Hugging Face directory;
-also config.model.hf_dir), or, with neither, a random init of config.model.preset. "oracle" and "memagent" are the scripted
-teachers of `agent.oracle` run through the same jitted episode loop: an upper bound and a
-workflow baseline.
+also config.model.hf_dir), or, with neither, a random init of config.model.preset. "oracle"
+and "memagent" are the scripted teachers of `agent.oracle` run through the same jitted
+episode loop: an upper bound and a workflow baseline.
 
 Writes to --out: summary.json (per dataset: EM, F1, reward, documents per context,
 operation usage), summary.png (EM/F1 and operations per dataset) and episodes.md (every
@@ -127,8 +127,7 @@ def _load_model(config, mesh, tokenizer, checkpoint_dir: str | None, trained):
   if hf_dir:
     model_config, params = hf.load_hf(
         hf_dir, config.model.rollout_dtype, mesh=mesh,
-        config_overrides=dict(dtype=config.model.rollout_dtype, remat="none",
-                              scan_layers=config.model.scan_layers))
+        config_overrides=config_lib.execution_fields(config, rollout=True))
   elif checkpoint_dir is not None:
     model_config = (trained[0].replace(**config_lib.execution_fields(config, rollout=True))
                     if trained is not None else config_lib.model_config(config, rollout=True))

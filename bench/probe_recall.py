@@ -7,8 +7,9 @@
 
 The synthetic task needs an in-context lookup at every Create, Update and answer ("The friend of
 Bilu is Mina" ... "Who is the friend of Bilu?"). This probe trains the tiny default's shape
-(by default 2 layers, d128, vocabulary 2048; AdamW and our `make_sft_step`) on that skill alone. Each sequence
-lists `facts` facts, then asks `queries` of them again; the loss is on the asked values only:
+(by default 2 layers, d128, vocabulary 2048; AdamW and our `make_sft_step`) on that skill
+alone. Each sequence lists `facts` facts, then asks `queries` of them again; the loss is on
+the asked values only:
 
   k1: fact "e is v ."      question "? e is v ."       one-token key (e unique per fact)
   k2: fact "e r v ."       question "? e r v ."        two-token key (4 relations x 5 entities)
@@ -19,8 +20,9 @@ lists `facts` facts, then asks `queries` of them again; the loss is on the asked
 Keys and values are drawn from a pool of 377 tokens, as the synthetic task's names. Every
 `--every` steps it prints the training loss and the accuracy of the argmax on a fixed held-out
 batch of 256 sequences with `facts` facts. With `--warm_steps`, the first steps train on
-sequences of `--warm_facts` facts (a short-context curriculum). References: ln(377) = 5.93 is the loss of a uniform guess over the
-pool; ln(facts) that of a uniform guess among the values in context.
+sequences of `--warm_facts` facts (a short-context curriculum). References: ln(377) = 5.93
+is the loss of a uniform guess over the pool; ln(facts) that of a uniform guess among the
+values in context.
 """
 
 from __future__ import annotations
@@ -137,10 +139,13 @@ def main() -> None:
     hits = (jnp.argmax(logits, -1) == held_out.tokens[:, 1:]) * held_out.loss_mask[:, 1:]
     return hits.sum() / held_out.loss_mask.sum()
 
-  print(f"key {args.key}, {args.facts} facts, {args.queries} questions, batch {args.batch}, "
-        f"lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, {args.heads} heads, q/k norm init {args.qk_norm_init}, first {args.warm_steps} steps on "
-        f"{args.warm_facts} facts; reference losses: uniform over the "
-        f"pool {math.log(POOL):.2f}, uniform over the facts' values {math.log(args.facts):.2f}")
+  questions = 1 if args.key == "anchor" else min(args.queries, args.facts)
+  warm_up = (f", first {args.warm_steps} steps on {args.warm_facts} facts"
+             if args.warm_steps else "")
+  print(f"key {args.key}, {args.facts} facts, {questions} questions, batch {args.batch}, "
+        f"lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, {args.heads} heads, "
+        f"q/k norm init {args.qk_norm_init}{warm_up}; reference losses: uniform over the pool "
+        f"{math.log(POOL):.2f}, uniform over the facts' values {math.log(args.facts):.2f}")
   print("| step | train loss | held-out accuracy | seconds |\n|---|---|---|---|")
   started = time.perf_counter()
   for number in range(1, args.steps + 1):

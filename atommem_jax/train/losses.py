@@ -137,13 +137,13 @@ def sft_loss(logits: jax.Array, batch: TrainBatch, *, num_tokens: jax.Array | No
 
   `prompt_loss_weight` w > 0 adds the prompt tokens' NLL with per-token weight w (as the
   fine-tuning option of that name): loss = (sum_response nll + w * sum_prompt nll) /
-  num_tokens. A model trained from random init has never read text; a little language
-  modelling on the prompts (whose documents repeat names) teaches it to copy from context.
+  num_tokens. It is meant for models trained from random init, which have never read text
+  (on the tiny default, 0.1 was not measurably better; BENCHMARKS.md).
 
   Returns (loss, {"loss", "num_tokens"} plus, when w > 0, "response_loss" (the loss without
-  the prompt term), "prompt_nll_sum" and "prompt_tokens", which add up over micro-batches); `num_tokens` (default: this batch's
-  count of response tokens) is the divisor, so passing the full batch's count makes
-  micro-batch losses add up. "loss" is the optimised value.
+  the prompt term), "prompt_nll_sum" and "prompt_tokens", which add up over micro-batches).
+  `num_tokens` (default: this batch's count of response tokens) is the divisor, so passing
+  the full batch's count makes micro-batch losses add up. "loss" is the optimised value.
   """
   mask = target_mask(batch)
   nll = -token_logprobs(logits, batch.tokens)
