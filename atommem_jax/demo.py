@@ -20,7 +20,6 @@ resumes (or reuses) both runs from their checkpoints.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Sequence
 
@@ -28,6 +27,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from atommem_jax import fileio
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "run directory")
@@ -57,7 +58,7 @@ def main(argv: Sequence[str]) -> None:
   ablation.env.enable_update = False
   if _ABLATION.value == "sft":
     ablation.grpo.steps = 0
-    ablation_run = loop.run(ablation, os.path.join(_WORKDIR.value, "no_update"),
+    ablation_run = loop.run(ablation, fileio.join(_WORKDIR.value, "no_update"),
                             evaluate_init=False)
     rows.append(("no_update (own SFT)", ablation_run["evaluations"]["sft"]))
     seconds["no_update"] = ablation_run["seconds"]
@@ -71,8 +72,9 @@ def main(argv: Sequence[str]) -> None:
         "synthetic episodes, greedy decoding")
   print(loop.format_table(rows))
   print("wall time: " + ", ".join(f"{name} {value:.0f}s" for name, value in seconds.items()))
-  with open(os.path.join(_WORKDIR.value, "demo_results.json"), "w") as f:
-    json.dump({"seed": config.seed, "rows": dict(rows), "seconds": seconds}, f, indent=2)
+  fileio.write_text(fileio.join(_WORKDIR.value, "demo_results.json"),
+                    json.dumps({"seed": config.seed, "rows": dict(rows), "seconds": seconds},
+                               indent=2))
 
 
 if __name__ == "__main__":

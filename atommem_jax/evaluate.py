@@ -23,6 +23,7 @@ so a bad flag is reported at once. Single host: episodes are summarised where th
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -31,6 +32,8 @@ from typing import Sequence
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from atommem_jax import fileio
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training run directory (orbax checkpoints)")
@@ -58,7 +61,7 @@ def _check_flags() -> None:
       raise app.UsageError(f"--data {path}: no such file; build one with `python -m "
                            "atommem_jax.data.build` or pass 'synthetic'")
   for name, path in (("checkpoint", _CHECKPOINT.value), ("hf_dir", _HF_DIR.value)):
-    if path and not os.path.isdir(path):
+    if path and not fileio.isdir(path):
       raise app.UsageError(f"--{name} {path}: no such directory")
   if _LIMIT.value is not None and _LIMIT.value < 1:
     raise app.UsageError(f"--limit {_LIMIT.value}: must be >= 1")
@@ -71,12 +74,12 @@ def _load_tokenizer(config, model_dir: str | None):
   if name == "qwen3":
     return tokenizer_lib.load_tokenizer()
   if name == SYNTHETIC:
-    if model_dir and os.path.isfile(os.path.join(model_dir, "tokenizer_config.json")):
+    if model_dir and fileio.isfile(fileio.join(model_dir, "tokenizer_config.json")):
       return tokenizer_lib.load_tokenizer(model_dir)
     raise app.UsageError("config tokenizer='synthetic' is trained with the model; pass "
                          "--hf_dir/--checkpoint of a directory holding its tokenizer files, or "
                          "--config.tokenizer=qwen3 / a tokenizer directory")
-  if not os.path.isdir(name):
+  if not fileio.isdir(name):
     raise app.UsageError(f"config field tokenizer={name!r}: not 'qwen3', 'synthetic' or an "
                          "existing tokenizer directory")
   return tokenizer_lib.load_tokenizer(name)
@@ -224,7 +227,9 @@ def write_plot(summary: dict, path: str) -> None:
                  title="memory operations")
   operations.legend(fontsize="small")
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  image = io.BytesIO()
+  figure.savefig(image, format="png", dpi=100)
+  fileio.write_bytes(path, image.getvalue())
   plt.close(figure)
 
 
@@ -302,7 +307,7 @@ def main(argv: Sequence[str]) -> None:
   model_config, params = (_load_model(config, mesh, tokenizer, checkpoint_dir, trained)
                           if _POLICY.value == "model" else (None, None))
   loop = _make_loop(config, tokenizer, model_config, mesh)
-  os.makedirs(_OUT.value, exist_ok=True)
+  fileio.makedirs(_OUT.value)
   summary = {"policy": _POLICY.value,
              "weights": _CHECKPOINT.value or _HF_DIR.value or config.model.hf_dir or
                         f"random init of {config.model.preset}",
@@ -320,11 +325,9 @@ def main(argv: Sequence[str]) -> None:
     print(f"{name}: {result['contexts']} contexts, {result['questions']} questions, "
           f"{result['documents_per_context']:.0f} documents per context: "
           f"EM {result['exact_match']:.3f} F1 {result['f1']:.3f}")
-  with open(os.path.join(_OUT.value, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  write_plot(summary, os.path.join(_OUT.value, "summary.png"))
-  with open(os.path.join(_OUT.value, "episodes.md"), "w") as f:
-    f.write("\n".join(log) + "\n")
+  fileio.write_text(fileio.join(_OUT.value, "summary.json"), json.dumps(summary, indent=2))
+  write_plot(summary, fileio.join(_OUT.value, "summary.png"))
+  fileio.write_text(fileio.join(_OUT.value, "episodes.md"), "\n".join(log) + "\n")
   print(f"wrote summary.json, summary.png and episodes.md to {_OUT.value}")
 
 

@@ -12,13 +12,14 @@ then comes from the config's model section, the tokenizer from its tokenizer fie
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from atommem_jax import fileio
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "run workdir or checkpoint directory")
 _OUT = flags.DEFINE_string("out", None, "output Hugging Face directory")
@@ -44,7 +45,7 @@ def _model_and_tokenizer(workdir: str | None):
     raise app.UsageError(str(e)) from e
   tokenizer = config.tokenizer
   tokenizer_dir = tokenizer_lib.qwen3_tokenizer_dir() if tokenizer == "qwen3" else tokenizer
-  if not os.path.isdir(tokenizer_dir):
+  if not fileio.isdir(tokenizer_dir):
     raise app.UsageError(f"config field tokenizer={tokenizer!r}: give 'qwen3' or a tokenizer "
                          "directory to copy into the export")
   return model_config, tokenizer_dir
@@ -55,7 +56,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError("--checkpoint DIR and --out HF_DIR are required")
-  if not os.path.isdir(_CHECKPOINT.value):
+  if not fileio.isdir(_CHECKPOINT.value):
     raise app.UsageError(f"--checkpoint {_CHECKPOINT.value}: no such directory; give a training "
                          "run's workdir or one of its checkpoint directories")
   if not flags.FLAGS["verbosity"].present:

@@ -3,14 +3,15 @@
 # every worker over `gcloud compute tpus tpu-vm ssh --worker=all`.
 #
 #   TPU_NAME=my-v5p-32 ZONE=us-east5-a launch/tpu_pod.sh CONFIG WORKDIR [TRAIN_FLAGS...]
-#   e.g. ... launch/tpu_pod.sh configs/qwen3_8b_tpu.py /mnt/shared/runs/tpu \
+#   e.g. ... launch/tpu_pod.sh configs/qwen3_8b_tpu.py gs://my-bucket/runs/tpu \
 #            --config.model.hf_dir=/home/me/Qwen3-8B
 #
 # Required environment: TPU_NAME, ZONE. Optional: PROJECT (gcloud's default project
 # otherwise), REPO_DIR (the checkout on every worker, relative to the home directory or
 # absolute; default atommem-jax), PYTHON (python3), LIBTPU_INIT_ARGS (passed to the workers).
-# Every worker needs the checkout, the package installed (pip install -e '.[tpu]'), the model
-# directory and the data files; WORKDIR must be a directory that every worker can write.
+# Every worker needs the checkout, the package installed (pip install -e '.[tpu,gcs]'), the
+# model directory and the data files; WORKDIR must be a directory that every worker can write
+# or a gs:// URL.
 # JAX finds the coordinator and process ids from the TPU metadata (--distributed).
 set -euo pipefail
 

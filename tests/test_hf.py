@@ -416,3 +416,25 @@ def test_two_process_load_and_save_round_trip(checkpoints, tmp_path):
   outputs = [w.communicate(timeout=120)[0] for w in workers]
   assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   _assert_same_model(model, _from_pretrained(tmp_path / "out"))
+
+
+# --- a URL as the directory (a gs:// workdir; here fsspec's memory://) -----------------------
+
+
+def test_remote_directories_load_and_export_like_local_ones(checkpoints, tmp_path):
+  import fsspec  # pylint: disable=g-import-not-at-top
+  fs = fsspec.filesystem("memory")
+  model, local = checkpoints[False]
+  fs.put(local, "/hf_in", recursive=True)  # uploaded by fsspec itself, not by our code
+  config, params = hf.load_hf("memory://hf_in")
+  local_config, local_params = hf.load_hf(local)
+  assert config == local_config
+  jax.tree.map(np.testing.assert_array_equal, params, local_params)
+
+  fs.pipe_file("/hf_out/model.safetensors", b"stale weights of an earlier export")
+  hf.save_hf(config, params, "memory://hf_out", max_shard_bytes=40_000)
+  names = sorted(name.rsplit("/", 1)[1] for name in fs.ls("/hf_out", detail=False))
+  assert "model.safetensors" not in names and "model.safetensors.index.json" in names
+  assert sum(name.startswith("model-0") for name in names) > 1, names
+  fs.get("/hf_out", str(tmp_path / "hf_out"), recursive=True)
+  _assert_same_model(model, _from_pretrained(tmp_path / "hf_out"))

@@ -11,6 +11,8 @@ import importlib.util
 import os
 from typing import Mapping, Sequence
 
+from atommem_jax import fileio
+
 _QWEN3_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
@@ -29,16 +31,19 @@ def qwen3_tokenizer_dir() -> str:
 
 
 def load_tokenizer(path: str | None = None):
-  """Loads a Hugging Face tokenizer from a local directory (default: the real Qwen3 one).
+  """Loads a Hugging Face tokenizer from a directory (default: the real Qwen3 one), local or a
+  URL (`atommem_jax.fileio`: a run's tokenizer in a gs:// workdir).
 
   Offline and without remote code: a tokenizer that needs `trust_remote_code` is refused.
   """
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
 
   path = path or qwen3_tokenizer_dir()
-  if not os.path.isdir(path):
+  if not fileio.isdir(path):
     raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
-  tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+  with fileio.local_dir_to_read(path) as local:
+    tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True,
+                                              trust_remote_code=False)
   if tokenizer.pad_token_id is None:
     tokenizer.pad_token = tokenizer.eos_token
   return tokenizer

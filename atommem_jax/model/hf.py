@@ -18,7 +18,6 @@ import glob
 import json
 import os
 import re
-import shutil
 from typing import Any, Callable, Mapping
 
 import jax
@@ -26,6 +25,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from atommem_jax import fileio
 from atommem_jax.model import _safetensors
 from atommem_jax.model import qwen3
 from atommem_jax.model import sharding
@@ -300,7 +300,8 @@ def load_hf(path: str, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | No
   """Loads a HF Qwen3 checkpoint directory into our config and params.
 
   Args:
-    path: directory with config.json and model.safetensors or model.safetensors.index.json.
+    path: directory with config.json and model.safetensors or model.safetensors.index.json;
+      a URL (gs://...) is first copied to a local temporary directory.
     dtype: parameter dtype; tensors stored in bf16, fp16 or fp32 are converted to it and
       config.param_dtype is set to match.
     mesh: when given, each parameter is created with its NamedSharding on this mesh and each
@@ -312,6 +313,11 @@ def load_hf(path: str, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | No
   Returns:
     (config, params) with params in the layout of `atommem_jax.model.qwen3`.
   """
+  if fileio.is_remote(path):
+    if not fileio.isdir(path):
+      raise FileNotFoundError(f"{path}: not a directory; expected a HF checkpoint directory")
+    with fileio.local_dir_to_read(path) as local:
+      return load_hf(local, dtype, mesh=mesh, rules=rules, config_overrides=config_overrides)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: not a directory; expected a HF checkpoint directory")
   config_path = os.path.join(path, CONFIG_FILE)
@@ -376,9 +382,12 @@ def _write_weights(directory: str, state_dict: Mapping[str, np.ndarray],
     })
     written = set(names) | {INDEX_FILE}
   for name in os.listdir(directory):
-    stale = name in (SINGLE_FILE, INDEX_FILE) or _SHARD_FILE.fullmatch(name)
-    if stale and name not in written:
+    if _is_weight_file(name) and name not in written:
       os.remove(os.path.join(directory, name))
+
+
+def _is_weight_file(name: str) -> bool:
+  return name in (SINGLE_FILE, INDEX_FILE) or bool(_SHARD_FILE.fullmatch(name))
 
 
 def save_hf(config: Qwen3Config, params: Params, path: str, tokenizer_dir: str | None = None, *,
@@ -392,8 +401,9 @@ def save_hf(config: Qwen3Config, params: Params, path: str, tokenizer_dir: str |
   Args:
     config: the model config; written as config.json and generation_config.json.
     params: our params (jax or numpy arrays, possibly sharded across hosts).
-    path: output directory, created if needed; stale weight files in it are removed.
-    tokenizer_dir: directory whose tokenizer files (TOKENIZER_FILES) are copied along.
+    path: output directory, created if needed; stale weight files in it are removed. A URL
+      (gs://...) is written in a local temporary directory and uploaded when complete.
+    tokenizer_dir: directory (or URL) whose tokenizer files (TOKENIZER_FILES) are copied along.
     dtype: dtype of the saved tensors (float32, bfloat16 or float16); None keeps the params'.
     max_shard_bytes: above this size the weights are split into shards plus an index.
   """
@@ -402,24 +412,25 @@ def save_hf(config: Qwen3Config, params: Params, path: str, tokenizer_dir: str |
     raise ValueError(f"save_hf: dtype {save_dtype.name} is not one of {_SAVE_DTYPES}")
   tokenizer_files = []
   if tokenizer_dir is not None:
-    tokenizer_files = [os.path.join(tokenizer_dir, name) for name in TOKENIZER_FILES
-                       if os.path.isfile(os.path.join(tokenizer_dir, name))]
+    tokenizer_files = [fileio.join(tokenizer_dir, name) for name in TOKENIZER_FILES
+                       if fileio.isfile(fileio.join(tokenizer_dir, name))]
     if not tokenizer_files:
       raise FileNotFoundError(
           f"{tokenizer_dir}: no tokenizer files found (looked for {', '.join(TOKENIZER_FILES)})")
   state_dict = params_to_hf_state_dict(
       config, jax.tree.map(lambda x: _to_host(x, save_dtype), params))
   if jax.process_index() == 0:
-    os.makedirs(path, exist_ok=True)
-    _write_weights(path, state_dict, max_shard_bytes)
-    _write_json(os.path.join(path, CONFIG_FILE), config.to_hf_dict(torch_dtype=save_dtype.name))
-    token_ids = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-                 "pad_token_id": config.pad_token_id}
-    _write_json(os.path.join(path, GENERATION_CONFIG_FILE),
-                {key: value for key, value in token_ids.items() if value is not None})
-    for source in tokenizer_files:
-      with open(source, "rb") as src, _safetensors.atomic_open(
-          os.path.join(path, os.path.basename(source))) as dst:
-        shutil.copyfileobj(src, dst)
+    with fileio.local_dir_to_write(path, stale=_is_weight_file) as local:
+      os.makedirs(local, exist_ok=True)
+      _write_weights(local, state_dict, max_shard_bytes)
+      _write_json(os.path.join(local, CONFIG_FILE),
+                  config.to_hf_dict(torch_dtype=save_dtype.name))
+      token_ids = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                   "pad_token_id": config.pad_token_id}
+      _write_json(os.path.join(local, GENERATION_CONFIG_FILE),
+                  {key: value for key, value in token_ids.items() if value is not None})
+      for source in tokenizer_files:
+        with _safetensors.atomic_open(os.path.join(local, os.path.basename(source))) as dst:
+          dst.write(fileio.read_bytes(source))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"save_hf {path}")

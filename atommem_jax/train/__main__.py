@@ -17,7 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (configs/*.py)")
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default ./workdir/<config name>)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory or gs:// / s3:// URL (default ./workdir/<config name>)")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "call jax.distributed.initialize() from the cluster environment")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")

@@ -21,9 +21,11 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from atommem_jax import fileio
 from atommem_jax.train.state import TrainState
 
 _STEP_METADATA = "_CHECKPOINT_METADATA"
+ORBAX_PROTOCOLS = ("gs", "s3")  # etils.epath's and tensorstore's object stores
 
 
 class Checkpointer:
@@ -31,10 +33,15 @@ class Checkpointer:
 
   def __init__(self, directory: str | epath.PathLike, *, max_to_keep: int | None = 3,
                save_interval_steps: int = 1, async_save: bool = True):
-    if "://" not in os.fspath(directory):
+    name = fileio.protocol(os.fspath(directory))
+    if name is None:
       # Orbax refuses relative paths ("Checkpoint path should be absolute"), and a
       # workdir like `workdir/demo` is what users type.
-      directory = os.path.abspath(directory)
+      directory = os.path.abspath(os.fspath(directory).removeprefix("file://"))
+    elif name not in ORBAX_PROTOCOLS:
+      raise ValueError(f"checkpoint directory {directory}: orbax writes local paths and "
+                       f"{', '.join(p + '://' for p in ORBAX_PROTOCOLS)} URLs only; put the "
+                       "workdir on one of those")
     self._directory = epath.Path(directory)
     self._manager = ocp.CheckpointManager(
         self._directory,

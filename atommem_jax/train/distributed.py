@@ -1,7 +1,7 @@
 """Host values of a job on several processes (hosts): gathering them, and where rows live.
 
-Every process runs the same program on the same config and workdir (a shared file system,
-as orbax checkpoints need). Most host values are the same everywhere (SFT batches, rollout
+Every process runs the same program on the same config and workdir (a shared file system or
+a gs:// / s3:// URL, as orbax checkpoints need). Most host values are the same everywhere (SFT batches, rollout
 rewards); the rollout episodes are not: each process holds only the episodes of the batch
 shards it owns (`rollout.episode.Rollout.episodes`). This module combines such values and
 states where the GRPO batch rows of those episodes may live.

@@ -4,8 +4,8 @@
 init, after SFT, after GRPO) are cached in workdir/evaluations.json, so a resumed run does
 not repeat them; the final policy is exported to workdir/hf (or export.hf_dir).
 
-On several processes (hosts) every process calls `run` with the same config and a workdir
-on a shared file system; process 0 prepares the workdir first and writes every file but the
+The workdir may be a URL (gs://, s3://: `atommem_jax.fileio`). On several processes (hosts)
+every process calls `run` with the same config and a workdir on a shared file system or URL; process 0 prepares the workdir first and writes every file but the
 checkpoints (which each process writes its shards of), and every process follows process
 0's record of finished evaluations, so that all of them take the same steps.
 """
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from typing import Any
 
 import jax
 import ml_collections
 
+from atommem_jax import fileio
 from atommem_jax.model import hf
 from atommem_jax.model import qwen3
 from atommem_jax.train import distributed
@@ -34,11 +34,10 @@ ROWS = (("init", "random init"), ("sft", "after SFT"), ("grpo", "after GRPO"))
 
 def _load_evaluations(workdir: str) -> dict[str, dict[str, float]]:
   """The evaluations already done, as process 0 reads them (every process skips the same)."""
-  path = os.path.join(workdir, EVALUATIONS_FILE)
+  path = fileio.join(workdir, EVALUATIONS_FILE)
   evaluations = {}
-  if os.path.isfile(path):
-    with open(path) as f:
-      evaluations = json.load(f)
+  if fileio.isfile(path):
+    evaluations = json.loads(fileio.read_text(path))
   return distributed.allgather_objects(evaluations)[0]
 
 
@@ -50,8 +49,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> setup.Job:
 def _store_evaluation(workdir: str, evaluations: dict, name: str, summary: dict) -> None:
   evaluations[name] = summary
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, EVALUATIONS_FILE), "w") as f:
-      json.dump(evaluations, f, indent=2)
+    fileio.write_text(fileio.join(workdir, EVALUATIONS_FILE), json.dumps(evaluations, indent=2))
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
@@ -110,7 +108,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     params = stages.run_grpo(job, params, reference, train_contexts, sft_steps, evaluate)
     evaluate_once("grpo", params, sft_steps + grpo_steps)
 
-  hf_dir = config.export.hf_dir or os.path.join(workdir, "hf")
+  hf_dir = config.export.hf_dir or fileio.join(workdir, "hf")
   hf.save_hf(job.model_config, params, hf_dir, tokenizer_dir=job.tokenizer_dir)
   job.writer.close()
   seconds = time.perf_counter() - started

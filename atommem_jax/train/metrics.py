@@ -1,20 +1,25 @@
 """Metric logging at the edge of the training loop: TensorBoard scalars and a JSON-lines file,
 plus a step timer for step time and tokens per second.
 
-Only process 0 writes (every process may call), so multi-host runs log once.
+Only process 0 writes (every process may call), so multi-host runs log once. `log_dir` may be
+a URL (gs://, s3://, any fsspec protocol): the files are then rewritten whole on object
+storage (`fileio.RewrittenFile`), the JSON lines at most every `remote_flush_s` seconds and
+at `flush` / `close`, the TensorBoard events at tensorboardX's own flushes (every 120 s).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import tensorboardX
+from tensorboardX import record_writer
+
+from atommem_jax import fileio
 
 
 def _scalar(value: Any) -> float:
@@ -26,19 +31,44 @@ def _json_number(value: float) -> float | str:
   return value if math.isfinite(value) else str(value)
 
 
+class _RemoteEventFiles:
+  """tensorboardX's writer factory for URLs: event files through `fileio.RewrittenFile`."""
+
+  def open(self, path: str) -> fileio.RewrittenFile:
+    return fileio.RewrittenFile(path, append=False)
+
+  def directory_check(self, path: str) -> None:
+    fileio.makedirs(path)
+
+
+def _route_tensorboard(log_dir: str) -> None:
+  """Sends tensorboardX's files under `log_dir`'s protocol through fsspec (for gs:// and
+  s3:// too, replacing tensorboardX's own clients, which need other packages)."""
+  name = fileio.protocol(log_dir)
+  if name is not None:
+    record_writer.register_writer_factory(name, _RemoteEventFiles())
+
+
 class MetricWriter:
   """Writes scalar metrics per step to `log_dir`/metrics.jsonl and TensorBoard event files."""
 
   def __init__(self, log_dir: str, *, tensorboard: bool = True,
-               jsonl_name: str = "metrics.jsonl"):
+               jsonl_name: str = "metrics.jsonl", remote_flush_s: float = 30.0):
     self._enabled = jax.process_index() == 0
     self._jsonl = None
     self._tensorboard = None
     if not self._enabled:
       return
-    os.makedirs(log_dir, exist_ok=True)
-    self._jsonl = open(os.path.join(log_dir, jsonl_name), "a", encoding="utf-8")
+    fileio.makedirs(log_dir)
+    jsonl_path = fileio.join(log_dir, jsonl_name)
+    if fileio.is_remote(log_dir):
+      self._jsonl = fileio.RewrittenFile(jsonl_path, min_interval_s=remote_flush_s)
+      self._flush_jsonl = lambda: self._jsonl.flush(force=False)
+    else:
+      self._jsonl = open(jsonl_path, "a", encoding="utf-8")
+      self._flush_jsonl = self._jsonl.flush
     if tensorboard:
+      _route_tensorboard(log_dir)
       self._tensorboard = tensorboardX.SummaryWriter(log_dir)
 
   def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = ""
@@ -50,13 +80,16 @@ class MetricWriter:
     record = {"step": int(step), "time": time.time()}
     record.update({name: _json_number(value) for name, value in values.items()})
     self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    self._flush_jsonl()
     if self._tensorboard is not None:
       for name, value in values.items():
         self._tensorboard.add_scalar(name, value, global_step=int(step))
     return values
 
   def flush(self) -> None:
+    """Writes out everything logged so far (also to object storage)."""
+    if self._jsonl is not None:
+      self._jsonl.flush()
     if self._tensorboard is not None:
       self._tensorboard.flush()
 

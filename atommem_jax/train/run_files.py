@@ -4,7 +4,8 @@
 either a run's workdir or one of its orbax directories (workdir/checkpoints/{grpo,sft}), and
 both need the model the run really trained: `train.setup.prepare` writes its Qwen3Config
 (preset + model.overrides, vocab grown to the tokenizer) to model_config.json and its
-tokenizer directory to run.json. A config file alone cannot rebuild those.
+tokenizer directory to run.json. A config file alone cannot rebuild those. The workdir may
+be a URL (gs://...; `atommem_jax.fileio`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 
+from atommem_jax import fileio
 from atommem_jax.model.config import Qwen3Config
 from atommem_jax.train import checkpoint as checkpoint_lib
 
@@ -28,36 +31,42 @@ def find_checkpoints(path: str) -> tuple[str, str | None]:
   directory holding grpo/ and sft/ likewise; any other directory is taken as the orbax
   directory itself, inside workdir/checkpoints/.
   """
-  candidates = [(os.path.join(path, "checkpoints", s), path) for s in STAGES]
-  candidates += [(os.path.join(path, s), os.path.dirname(os.path.abspath(path)))
-                 for s in STAGES]
+  path = fileio.abspath(path).rstrip("/")
+  candidates = [(fileio.join(path, "checkpoints", s), path) for s in STAGES]
+  candidates += [(fileio.join(path, s), _parent(path)) for s in STAGES]
   for directory, workdir in candidates:
-    if os.path.isdir(directory):
+    if fileio.isdir(directory):
       with checkpoint_lib.Checkpointer(directory) as manager:
         if manager.latest_step():
           return directory, workdir
-  parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  return path, parent if os.path.isfile(os.path.join(parent, MODEL_CONFIG_FILE)) else None
+  parent = _parent(_parent(path))
+  return path, parent if fileio.isfile(fileio.join(parent, MODEL_CONFIG_FILE)) else None
+
+
+def _parent(path: str) -> str:
+  """The directory holding `path` (absolute local path or URL without a trailing slash)."""
+  if fileio.is_remote(path):
+    scheme, inner = path.split("://", 1)
+    return f"{scheme}://{posixpath.dirname(inner)}"
+  return os.path.dirname(path)
 
 
 def write(workdir: str, model_config: Qwen3Config, tokenizer_dir: str) -> None:
   """Records the model config and tokenizer directory of the run in `workdir`."""
-  with open(os.path.join(workdir, MODEL_CONFIG_FILE), "w") as f:
-    json.dump(dataclasses.asdict(model_config), f, indent=2)
-  with open(os.path.join(workdir, RUN_FILE), "w") as f:
-    json.dump({"tokenizer_dir": os.path.abspath(tokenizer_dir)}, f, indent=2)
+  fileio.write_text(fileio.join(workdir, MODEL_CONFIG_FILE),
+                    json.dumps(dataclasses.asdict(model_config), indent=2))
+  fileio.write_text(fileio.join(workdir, RUN_FILE),
+                    json.dumps({"tokenizer_dir": fileio.abspath(tokenizer_dir)}, indent=2))
 
 
 def load_model_config(workdir: str) -> Qwen3Config:
   """The model config (training dtypes) a run saved in its workdir."""
-  with open(os.path.join(workdir, MODEL_CONFIG_FILE)) as f:
-    return Qwen3Config(**json.load(f))
+  return Qwen3Config(**json.loads(fileio.read_text(fileio.join(workdir, MODEL_CONFIG_FILE))))
 
 
 def trained_model(workdir: str | None) -> tuple[Qwen3Config, str] | None:
   """(model config, tokenizer directory) of the run in `workdir`; None if it has no record."""
-  if not workdir or not os.path.isfile(os.path.join(workdir, MODEL_CONFIG_FILE)):
+  if not workdir or not fileio.isfile(fileio.join(workdir, MODEL_CONFIG_FILE)):
     return None
-  with open(os.path.join(workdir, RUN_FILE)) as f:
-    tokenizer_dir = json.load(f)["tokenizer_dir"]
+  tokenizer_dir = json.loads(fileio.read_text(fileio.join(workdir, RUN_FILE)))["tokenizer_dir"]
   return load_model_config(workdir), tokenizer_dir

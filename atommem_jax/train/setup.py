@@ -3,18 +3,19 @@
 `prepare` is stage 0: it resolves the tokenizer (training the synthetic BPE once and reusing
 it from workdir/tokenizer on resume), fits the model's vocabulary to it, and writes the
 resolved configs to the workdir (config.json, and model_config.json / run.json through
-`run_files`) for export and evaluation.
+`run_files`) for export and evaluation. The workdir may be a URL (gs://...; `atommem_jax.fileio`);
+the synthetic tokenizer is then trained in a local temporary directory and uploaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import ml_collections
 
 from atommem_jax import config_lib
+from atommem_jax import fileio
 from atommem_jax.agent import env as env_lib
 from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.memory import embed as embed_lib
@@ -65,14 +66,15 @@ def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]
   if name == "qwen3":
     directory = tokenizer_lib.qwen3_tokenizer_dir()
   elif name == sft_data.SYNTHETIC_TOKENIZER:
-    directory = os.path.join(workdir, "tokenizer")
-    if not os.path.isfile(os.path.join(directory, "tokenizer_config.json")):
+    directory = fileio.join(workdir, "tokenizer")
+    if not fileio.isfile(fileio.join(directory, "tokenizer_config.json")):
       contexts = sft_data.synthetic_contexts(config, "train")
       vocab_size = config_lib.model_config(config).vocab_size
-      sft_data.train_synthetic_tokenizer(contexts, vocab_size, env_config, embedder, directory)
+      with fileio.local_dir_to_write(directory) as local:
+        sft_data.train_synthetic_tokenizer(contexts, vocab_size, env_config, embedder, local)
   else:
     directory = name
-    if not os.path.isdir(directory):
+    if not fileio.isdir(directory):
       raise config_lib.ConfigError(f"config field tokenizer={name!r}: not 'qwen3', 'synthetic' "
                                    "or an existing tokenizer directory")
   return tokenizer_lib.load_tokenizer(directory), directory
@@ -95,14 +97,13 @@ def _model_configs(config, vocab_needed: int, log) -> tuple[Qwen3Config, Qwen3Co
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Job:
   """Stage 0: tokenizer, configs and the metric writer of a run in `workdir`."""
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   env_config = config_lib.env_config(config)
   embedder = embed_lib.make_embedder(config.embedder)
   tokenizer, tokenizer_dir = _tokenizer(config, workdir, env_config, embedder)
   model_config, rollout_config = _model_configs(config, len(tokenizer), log)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    fileio.write_text(fileio.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     run_files.write(workdir, model_config, tokenizer_dir)
   return Job(config=config, workdir=workdir, mesh=config_lib.make_mesh(config),
              tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, model_config=model_config,

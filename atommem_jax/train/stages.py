@@ -13,7 +13,6 @@ episodes (`distributed.gather_outcomes`), so they equal a one-process run's.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Callable
 
@@ -22,6 +21,7 @@ import numpy as np
 import tqdm
 
 from atommem_jax import config_lib
+from atommem_jax import fileio
 from atommem_jax.agent import stats as stats_lib
 from atommem_jax.rollout import episode as episode_lib
 from atommem_jax.train import batch as batch_lib
@@ -56,14 +56,14 @@ def optimizer_config(section) -> state_lib.OptimizerConfig:
 
 def checkpointer(job: Job, stage: str) -> checkpoint_lib.Checkpointer:
   c = job.config.checkpoint
-  return checkpoint_lib.Checkpointer(os.path.join(job.workdir, "checkpoints", stage),
+  return checkpoint_lib.Checkpointer(fileio.join(job.workdir, "checkpoints", stage),
                                      max_to_keep=c.max_to_keep, async_save=c.async_save)
 
 
 def stage_progress(job: Job, stage: str) -> int:
   """Steps of `stage` already done according to its newest complete checkpoint (0: none)."""
-  directory = os.path.join(job.workdir, "checkpoints", stage)
-  if not os.path.isdir(directory):
+  directory = fileio.join(job.workdir, "checkpoints", stage)
+  if not fileio.isdir(directory):
     return 0
   with checkpointer(job, stage) as manager:
     step = manager.latest_step()
@@ -89,9 +89,12 @@ def _start_state(job: Job, stage: str, optimizer, init: Params | jax.Array,
   return state_lib.create_train_state(job.model_config, init, optimizer, job.mesh, rng=rng), 0
 
 
-def _save(manager: checkpoint_lib.Checkpointer, state, stage: str, step: int,
+def _save(job: Job, manager: checkpoint_lib.Checkpointer, state, stage: str, step: int,
           force: bool = False) -> None:
+  """Starts the checkpoint of `step` and writes out the metrics logged so far (on a URL
+  workdir they are otherwise uploaded at most every 30 s)."""
   manager.save(state, {"stage": stage, "stage_step": step}, step=step, force=force)
+  job.writer.flush()
 
 
 def _row_multiple(job: Job, section) -> int:
@@ -156,7 +159,7 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
       timing = timer.stop(float(np.sum(batch.segment_ids > 0)), metrics)
       job.writer.write(offset + step + 1, {**metrics, **timing}, prefix="sft/")
       if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == c.steps:
-        _save(manager, state, SFT, step + 1, force=step + 1 == c.steps)
+        _save(job, manager, state, SFT, step + 1, force=step + 1 == c.steps)
       _maybe_evaluate(job, evaluate, state.params, SFT, step + 1, c.steps)
   return state.params
 
@@ -248,7 +251,7 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
       job.writer.write(offset + step + 1, {**update, **_rollout_metrics(rollout), **timing},
                        prefix="grpo/")
       if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == g.steps:
-        _save(manager, state, GRPO, step + 1, force=step + 1 == g.steps)
+        _save(job, manager, state, GRPO, step + 1, force=step + 1 == g.steps)
       _maybe_evaluate(job, evaluate, state.params, GRPO, step + 1, g.steps)
   return state.params
 
