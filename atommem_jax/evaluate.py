@@ -87,17 +87,14 @@ def _load_tokenizer(config, model_dir: str | None):
 
 def _load_contexts(config, path: str):
   from atommem_jax.data import multihop  # pylint: disable=g-import-not-at-top
-  from atommem_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
   if path != SYNTHETIC:
     contexts = multihop.load_long_contexts(path)
   else:
-    fields = dict(config.data.synthetic)
-    count = fields.pop("eval_contexts")
-    fields.pop("train_contexts")
-    if count < 1:
+    if config.data.synthetic.eval_contexts < 1:
       raise app.UsageError("--data synthetic needs config.data.synthetic.eval_contexts >= 1")
-    try:
-      contexts = synthetic.generate_synthetic(count, seed=config.seed + 1, **fields)
+    try:  # the held-out contexts of training's evaluations
+      contexts = sft_data.synthetic_contexts(config, "eval")
     except ValueError as e:
       raise app.UsageError(f"config section data.synthetic: {e}") from e
   return contexts[:_LIMIT.value] if _LIMIT.value else contexts

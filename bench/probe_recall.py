@@ -2,7 +2,7 @@
 
   python bench/probe_recall.py [--key k1|k2|k3|anchor] [--facts 16] [--queries 4] [--batch 16]
                                [--steps 1000] [--lr 5e-3] [--b2 0.999] [--heads 4]
-                               [--width 128] [--layers 2] [--qk_norm_init 1.0]
+                               [--width 128] [--layers 2] [--qk_norm_init 1.0] [--pool 377]
                                [--warm_facts 3 --warm_steps 600]
 
 The synthetic task needs an in-context lookup at every Create, Update and answer ("The friend of
@@ -17,7 +17,8 @@ the asked values only:
   anchor: as k1, but one fact reads "e now v ." and the one question is "? now v .": the
       value follows a fixed marker word, a lookup that needs no in-context key match
 
-Keys and values are drawn from a pool of 377 tokens, as the synthetic task's names. Every
+Keys and values are drawn from a pool of 377 tokens, as the synthetic task's names (`--pool`
+sets another size). Every
 `--every` steps it prints the training loss and the accuracy of the argmax on a fixed held-out
 batch of 256 sequences with `facts` facts. With `--warm_steps`, the first steps train on
 sequences of `--warm_facts` facts (a short-context curriculum). References: ln(377) = 5.93
@@ -46,12 +47,12 @@ POOL, FIRST_NAME = 377, 100  # value / key tokens: FIRST_NAME ... FIRST_NAME + P
 BOS, IS, DOT, ASK, NOW, FIRST_RELATION = 5, 10, 11, 12, 13, 20
 
 
-def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int):
+def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int, pool: int):
   """Token ids and loss mask of one sequence (see the module docstring)."""
   if key in ("k1", "anchor"):
-    keys = [(int(e),) for e in FIRST_NAME + rng.choice(POOL, facts, replace=False)]
+    keys = [(int(e),) for e in FIRST_NAME + rng.choice(pool, facts, replace=False)]
   else:
-    entities = FIRST_NAME + rng.choice(POOL, 5, replace=False)
+    entities = FIRST_NAME + rng.choice(pool, 5, replace=False)
     every = [(r, int(e)) for r in range(FIRST_RELATION, FIRST_RELATION + 4) for e in entities]
     keys = [every[i] for i in rng.choice(len(every), facts, replace=False)]
 
@@ -64,7 +65,7 @@ def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int):
 
   tokens, mask, value = [BOS], [0], {}
   for k in keys:
-    value[k] = FIRST_NAME + int(rng.integers(POOL))
+    value[k] = FIRST_NAME + int(rng.integers(pool))
     tokens += prefix(k) + [value[k], DOT]
     mask += [0] * (len(prefix(k)) + 2)
   if marked is not None:
@@ -77,8 +78,8 @@ def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int):
 
 
 def make_batch(rng: np.random.Generator, key: str, facts: int, queries: int,
-               batch: int) -> TrainBatch:
-  rows = [_sequence(rng, key, facts, queries) for _ in range(batch)]
+               batch: int, pool: int = POOL) -> TrainBatch:
+  rows = [_sequence(rng, key, facts, queries, pool) for _ in range(batch)]
   tokens = np.array([r[0] for r in rows], np.int32)
   mask = np.array([r[1] for r in rows], np.float32)
   positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape).copy()
@@ -103,6 +104,8 @@ def main() -> None:
   parser.add_argument("--qk_norm_init", type=float, default=1.0,
                       help="initial q_norm/k_norm scale (Qwen3: 1); larger allows sharper "
                            "attention from the first step")
+  parser.add_argument("--pool", type=int, default=POOL,
+                      help="how many distinct name tokens keys and values are drawn from")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--warm_facts", type=int, default=3)
   parser.add_argument("--warm_steps", type=int, default=0)
@@ -111,6 +114,8 @@ def main() -> None:
     if not 1 <= min(args.queries, facts) or (args.key in ("k2", "k3") and facts > 20):
       parser.error("need --queries >= 1, --facts and --warm_facts >= 1, and at most 20 facts "
                    "for the two-token keys")
+    if not max(facts, 5) <= args.pool <= POOL:
+      parser.error(f"--pool must be at least --facts (and 5) and at most {POOL}")
   if args.width % args.heads:
     parser.error("--heads must divide --width")
 
@@ -131,7 +136,7 @@ def main() -> None:
   step = steps_lib.make_sft_step(config, optimizer)
   rng = np.random.default_rng(args.seed)
   held_out = make_batch(np.random.default_rng(10_000 + args.seed), args.key, args.facts,
-                        args.queries, 256)
+                        args.queries, 256, args.pool)
 
   @jax.jit
   def accuracy(params):
@@ -144,14 +149,14 @@ def main() -> None:
              if args.warm_steps else "")
   print(f"key {args.key}, {args.facts} facts, {questions} questions, batch {args.batch}, "
         f"lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, {args.heads} heads, "
-        f"q/k norm init {args.qk_norm_init}{warm_up}; reference losses: uniform over the pool "
-        f"{math.log(POOL):.2f}, uniform over the facts' values {math.log(args.facts):.2f}")
+        f"q/k norm init {args.qk_norm_init}, pool {args.pool}{warm_up}; reference losses: uniform "
+        f"over the pool {math.log(args.pool):.2f}, uniform over the facts' values {math.log(args.facts):.2f}")
   print("| step | train loss | held-out accuracy | seconds |\n|---|---|---|---|")
   started = time.perf_counter()
   for number in range(1, args.steps + 1):
     facts = args.warm_facts if number <= args.warm_steps else args.facts
     state, metrics = step(state, make_batch(rng, args.key, facts, min(args.queries, facts),
-                                            args.batch))
+                                            args.batch, args.pool))
     if number % args.every == 0 or number == args.steps:
       print(f"| {number} | {float(metrics['loss']):.3f} | {float(accuracy(state.params)):.3f} | "
             f"{time.perf_counter() - started:.0f} |", flush=True)
