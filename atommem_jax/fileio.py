@@ -43,6 +43,11 @@ def _local(path: str) -> str:
   return path.split("://", 1)[1] if "://" in path else path
 
 
+def canonical(path: str) -> str:
+  """`path` as the code passes it on: a file:// URL becomes its local path; others unchanged."""
+  return path if is_remote(path) else _local(path)
+
+
 def _filesystem(path: str):
   """(fsspec filesystem, path inside it); a clear error when the protocol's package is missing."""
   import fsspec  # pylint: disable=g-import-not-at-top
@@ -55,7 +60,7 @@ def _filesystem(path: str):
 
 
 def join(path: str, *parts: str) -> str:
-  return posixpath.join(path, *parts) if is_remote(path) else os.path.join(path, *parts)
+  return posixpath.join(path, *parts) if is_remote(path) else os.path.join(_local(path), *parts)
 
 
 def abspath(path: str) -> str:

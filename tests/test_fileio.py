@@ -40,12 +40,15 @@ def test_protocols_and_joins():
   assert fileio.protocol("/tmp/run") is None and fileio.protocol("file:///tmp/run") is None
   assert fileio.join("gs://bucket/run", "hf", "config.json") == "gs://bucket/run/hf/config.json"
   assert fileio.join("run", "hf") == os.path.join("run", "hf")
+  assert fileio.join("file:///tmp/run", "hf") == os.path.join("/tmp/run", "hf")
+  assert fileio.canonical("file:///tmp/run") == "/tmp/run"
+  assert fileio.canonical("gs://bucket/run") == "gs://bucket/run"
   assert fileio.abspath("gs://bucket/run") == "gs://bucket/run"
   assert fileio.abspath("run") == os.path.abspath("run")
 
 
 def test_reads_and_writes_on_a_url_and_on_disk(memory, tmp_path):
-  for root in ("memory://bucket/run", str(tmp_path / "run")):
+  for root in ("memory://bucket/run", "file://" + str(tmp_path / "run")):
     fileio.makedirs(root)
     path = fileio.join(root, "a.json")
     assert not fileio.exists(path) and not fileio.isfile(path)
@@ -103,6 +106,12 @@ def _tensorboard_scalars(data: bytes) -> list[tuple[int, str, float]]:
     offset += 12 + length + 4
     scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
   return scalars
+
+
+def test_metric_writer_takes_a_file_url(tmp_path):
+  _write_metrics("file://" + str(tmp_path / "run"))
+  assert "metrics.jsonl" in os.listdir(tmp_path / "run")
+  assert any("tfevents" in name for name in os.listdir(tmp_path / "run"))
 
 
 def _write_metrics(log_dir: str) -> None:

@@ -59,6 +59,7 @@ class MetricWriter:
     self._tensorboard = None
     if not self._enabled:
       return
+    log_dir = fileio.canonical(log_dir)
     fileio.makedirs(log_dir)
     jsonl_path = fileio.join(log_dir, jsonl_name)
     if fileio.is_remote(log_dir):

@@ -97,6 +97,7 @@ def _model_configs(config, vocab_needed: int, log) -> tuple[Qwen3Config, Qwen3Co
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Job:
   """Stage 0: tokenizer, configs and the metric writer of a run in `workdir`."""
+  workdir = fileio.canonical(workdir)
   fileio.makedirs(workdir)
   env_config = config_lib.env_config(config)
   embedder = embed_lib.make_embedder(config.embedder)
