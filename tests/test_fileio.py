@@ -168,7 +168,7 @@ fsspec.filesystem("memory").get("/bucket/run", f"{sys.argv[1]}/copy", recursive=
 
 
 def test_training_job_with_its_workdir_on_a_url(tmp_path):
-  overrides = {"sft.steps": 2, "grpo.steps": 1, "data.synthetic.train_contexts": 8,
+  overrides = {"sft.steps": 2, "grpo.steps": 2, "eval.every_steps": 1, "data.synthetic.train_contexts": 8,
                "data.synthetic.eval_contexts": 2, "eval.batch_size": 2,
                "grpo.questions_per_batch": 2, "grpo.group_size": 2, "sft.batch_size": 4,
                "env.max_steps": 6, "rollout.max_new_tokens": 16, "mesh.data": 1}
@@ -187,6 +187,10 @@ def test_training_job_with_its_workdir_on_a_url(tmp_path):
   assert set(json.loads((copy / "evaluations.json").read_text())) == {"init", "sft", "grpo"}
   steps = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
   assert any("sft/loss" in s for s in steps) and any("grpo/loss" in s for s in steps)
+  # periodic evaluations are named by their stage's step and logged at the run's step
+  logged = {name: s["step"] for s in steps for name in s if name.endswith("/exact_match")}
+  assert logged["eval/sft_step1/exact_match"] == 1
+  assert logged["eval/grpo_step1/exact_match"] == 3 and logged["grpo/exact_match"] == 4
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(copy))
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(copy / "hf"))
   assert "tokenizer_config.json" in os.listdir(copy / "tokenizer")

@@ -135,10 +135,12 @@ def _progress(stage: str, start: int, total: int):
 
 
 def _maybe_evaluate(job: Job, evaluate: Evaluator, params: Params, stage: str, step: int,
-                    total: int) -> None:
+                    total: int, offset: int) -> None:
+  """The periodic evaluation after `step` of `stage`: named by the stage's step, logged at the
+  run's step (offset + step, the x axis of the stage's training metrics)."""
   every = job.config.eval.every_steps
   if every and step % every == 0 and step < total:
-    evaluate(params, f"{stage}_step{step}", step)
+    evaluate(params, f"{stage}_step{step}", offset + step)
 
 
 def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
@@ -160,7 +162,7 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
       job.writer.write(offset + step + 1, {**metrics, **timing}, prefix="sft/")
       if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == c.steps:
         _save(job, manager, state, SFT, step + 1, force=step + 1 == c.steps)
-      _maybe_evaluate(job, evaluate, state.params, SFT, step + 1, c.steps)
+      _maybe_evaluate(job, evaluate, state.params, SFT, step + 1, c.steps, offset)
   return state.params
 
 
@@ -252,7 +254,7 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
                        prefix="grpo/")
       if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == g.steps:
         _save(job, manager, state, GRPO, step + 1, force=step + 1 == g.steps)
-      _maybe_evaluate(job, evaluate, state.params, GRPO, step + 1, g.steps)
+      _maybe_evaluate(job, evaluate, state.params, GRPO, step + 1, g.steps, offset)
   return state.params
 
 
