@@ -150,16 +150,16 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
   in its workdir (`train.run_files`).
   """
   import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
+  from atommem_jax import fileio  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
   execution = execution_fields(c, rollout=rollout)
   if c.model.hf_dir:
-    path = os.path.join(c.model.hf_dir, "config.json")
-    if not os.path.exists(path):
+    path = fileio.join(c.model.hf_dir, "config.json")
+    if not fileio.isfile(path):
       _fail("model.hf_dir", c.model.hf_dir, f"a Hugging Face directory with config.json ({path} "
             "is missing)")
-    with open(path) as f:
-      return model_config_lib.Qwen3Config.from_hf_dict(json.load(f), source=path, **execution)
+    return model_config_lib.Qwen3Config.from_hf_dict(json.loads(fileio.read_text(path)),
+                                                     source=path, **execution)
   overrides = dict(c.model.get("overrides", None) or {})
   try:
     return model_config_lib.preset(c.model.preset, **execution).replace(**overrides)

@@ -57,7 +57,7 @@ def _check_flags() -> None:
   if not _DATA.value:
     raise app.UsageError("--data is required: a LongContext file or 'synthetic' (repeatable)")
   for path in _DATA.value:
-    if path != SYNTHETIC and not os.path.isfile(path):
+    if path != SYNTHETIC and not fileio.isfile(path):
       raise app.UsageError(f"--data {path}: no such file; build one with `python -m "
                            "atommem_jax.data.build` or pass 'synthetic'")
   for name, path in (("checkpoint", _CHECKPOINT.value), ("hf_dir", _HF_DIR.value)):

@@ -2,7 +2,8 @@
 
 A TPU pod or a cloud GPU job keeps its workdir on a bucket (`--workdir gs://bucket/run`): the
 config and run records, the metrics (JSON lines and TensorBoard), the evaluations, the
-synthetic tokenizer and the HF export all go through this module; orbax writes the
+synthetic tokenizer and the HF export all go through this module, and so do the inputs that
+may live there too (long-context data files, SFT JSON lines, model.hf_dir, tokenizers); orbax writes the
 checkpoints itself (gs:// and s3://). Local paths use the standard library; a URL with a
 protocol goes through fsspec, which needs that protocol's package (gcsfs for gs://, s3fs for
 s3://: `pip install atommem-jax[gcs]` / `[s3]`); `memory://` works everywhere (tests).

@@ -195,3 +195,47 @@ def test_training_job_with_its_workdir_on_a_url(tmp_path):
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(copy / "hf"))
   assert "tokenizer_config.json" in os.listdir(copy / "tokenizer")
   assert os.path.isdir(tmp_path / "checkpoints" / "grpo")
+
+
+def test_data_files_and_model_configs_on_a_url(memory, tmp_path):
+  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.data import multihop  # pylint: disable=g-import-not-at-top
+  from atommem_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
+  contexts = synthetic.generate_synthetic(3, seed=0, num_entities=4, num_cities=3, num_docs=6,
+                                          hops=1, num_updates=1, doc_length=4)
+  for suffix in (".jsonl", ".parquet"):
+    multihop.save_long_contexts(contexts, f"memory://bucket/data/contexts{suffix}")
+    multihop.save_long_contexts(contexts, str(tmp_path / f"contexts{suffix}"))
+    assert multihop.load_long_contexts(f"memory://bucket/data/contexts{suffix}") == contexts
+    assert (memory.cat_file(f"/bucket/data/contexts{suffix}")
+            == (tmp_path / f"contexts{suffix}").read_bytes())
+  with pytest.raises(FileNotFoundError):
+    multihop.load_long_contexts("memory://bucket/data/missing.jsonl")
+
+  class Tokenizer:  # characters as token ids; eos 0
+    eos_token_id = 0
+
+    def encode(self, text, add_special_tokens=False):
+      return [ord(c) for c in text]
+
+  # U+2028 is legal inside a JSON string and must not split a record
+  lines = [json.dumps({"prompt": "p\u2028q", "completion": "c"}), "",
+           json.dumps({"prompt": "r", "completion": "d"})]
+  memory.pipe_file("/bucket/data/sft.jsonl", "\n".join(lines).encode())
+  examples = sft_data.file_examples("memory://bucket/data/sft.jsonl", Tokenizer())
+  assert [(list(e.prompt_ids), list(e.response_ids)) for e in examples] == [
+      ([ord("p"), 0x2028, ord("q")], [ord("c"), 0]), ([ord("r")], [ord("d"), 0])]
+
+  config = config_lib.load_config_file("tiny")
+  hf_config = {"model_type": "qwen3", "vocab_size": 512, "hidden_size": 64,
+               "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True,
+               "rms_norm_eps": 1e-6, "rope_theta": 1e6, "max_position_embeddings": 1024}
+  memory.pipe_file("/bucket/hf/config.json", json.dumps(hf_config).encode())
+  config.model.hf_dir = "memory://bucket/hf"
+  model_config = config_lib.model_config(config)
+  assert (model_config.vocab_size, model_config.hidden_size, model_config.head_dim) == (512, 64, 16)
+  config.model.hf_dir = "memory://bucket/none"
+  with pytest.raises(config_lib.ConfigError, match="config.json"):
+    config_lib.model_config(config)

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from atommem_jax import fileio
+
 _LOG = logging.getLogger(__name__)
 
 
@@ -378,23 +380,34 @@ def save_long_contexts(contexts: Sequence[LongContext], path: str) -> None:
   rows = [dataclasses.asdict(context) for context in contexts]
   table = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features},
                                      features=features)
-  if suffix == ".jsonl":
-    table.to_json(path, lines=True)
-  else:
-    table.to_parquet(path)
+  with tempfile.TemporaryDirectory() as tmp:
+    local = path if not fileio.is_remote(path) else os.path.join(tmp, "contexts" + suffix)
+    if suffix == ".jsonl":
+      table.to_json(local, lines=True)
+    else:
+      table.to_parquet(local)
+    if local != path:  # a URL (gs://...): uploaded whole
+      with open(local, "rb") as f:
+        fileio.write_bytes(path, f.read())
 
 
 def load_long_contexts(path: str) -> list[LongContext]:
-  """Reads contexts written by `save_long_contexts`, exactly as they were saved."""
+  """Reads contexts written by `save_long_contexts`, exactly as they were saved (a local path or
+  a URL such as gs://...)."""
   import datasets  # pylint: disable=g-import-not-at-top
 
   suffix = _suffix(path)
-  if not os.path.exists(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"{path}: no such long-context file")
   reader = datasets.Dataset.from_json if suffix == ".jsonl" else datasets.Dataset.from_parquet
   with tempfile.TemporaryDirectory() as cache_dir:
+    local = fileio.canonical(path)
+    if fileio.is_remote(path):
+      local = os.path.join(cache_dir, "contexts" + suffix)
+      with open(local, "wb") as f:
+        f.write(fileio.read_bytes(path))
     try:
-      table = reader(path, features=_features(), cache_dir=cache_dir, keep_in_memory=True)
+      table = reader(local, features=_features(), cache_dir=cache_dir, keep_in_memory=True)
       return [_context_from_row(row) for row in table.to_list()]
     except Exception as e:  # datasets raises many kinds; all mean "not our format".
       raise DataError(f"{path}: not a long-context file written by save_long_contexts "

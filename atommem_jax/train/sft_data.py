@@ -8,11 +8,11 @@ once per epoch with a key folded from (seed, epoch).
 from __future__ import annotations
 
 import json
-import os
 from typing import Sequence
 
 import numpy as np
 
+from atommem_jax import fileio
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import oracle
 from atommem_jax.data import multihop
@@ -84,24 +84,23 @@ def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_li
 
 def file_examples(path: str, tokenizer) -> list[Example]:
   """SFT examples from JSON lines {"prompt": ..., "completion": ...} (rendered texts)."""
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"config field data.sft_file={path!r}: no such file; give JSON "
                             "lines with 'prompt' and 'completion' strings")
   examples = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        prompt, completion = record["prompt"], record["completion"]
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{line_number}: expected a JSON object with 'prompt' and "
-                         f"'completion' strings ({e})") from e
-      response = tokenizer.encode(completion, add_special_tokens=False)
-      if not response or response[-1] != tokenizer.eos_token_id:
-        response.append(tokenizer.eos_token_id)
-      examples.append(Example(tokenizer.encode(prompt, add_special_tokens=False), response))
+  for line_number, line in enumerate(fileio.read_text(path).split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      prompt, completion = record["prompt"], record["completion"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise ValueError(f"{path}:{line_number}: expected a JSON object with 'prompt' and "
+                       f"'completion' strings ({e})") from e
+    response = tokenizer.encode(completion, add_special_tokens=False)
+    if not response or response[-1] != tokenizer.eos_token_id:
+      response.append(tokenizer.eos_token_id)
+    examples.append(Example(tokenizer.encode(prompt, add_special_tokens=False), response))
   if not examples:
     raise ValueError(f"{path}: no examples; give JSON lines with 'prompt' and 'completion'")
   return examples
