@@ -183,3 +183,35 @@ def test_sigkill_during_sft_resumes_with_the_same_losses(tmp_path):
 def test_sigkill_during_grpo_resumes_with_the_same_losses(tmp_path):
   overrides = ("--config.grpo.steps=4", "--config.data.synthetic.eval_contexts=0")
   _assert_resumed_like_uninterrupted(tmp_path, overrides, "grpo", ("sft", "grpo"))
+
+
+def test_demo_prints_the_table_and_a_rerun_reuses_the_main_run(tmp_path):
+  """`make demo`'s entry point: both no-Update ablations, the second invocation on the same
+  workdir reusing the main run's evaluations instead of training again."""
+  workdir = str(tmp_path / "demo")
+  demo = [sys.executable, "-m", "atommem_jax.demo", "--config",
+          os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir, *MICRO]
+  first = _run(demo + ["--ablation=eval"])
+  assert first.returncode == 0, first.stderr[-3000:]
+  with open(os.path.join(workdir, "demo_results.json")) as f:
+    results = json.load(f)
+  assert list(results["rows"]) == ["random init", "after SFT", "after GRPO",
+                                   "SFT, Update refused"]
+  for label in results["rows"]:
+    assert label in first.stdout
+  refused = results["rows"]["SFT, Update refused"]
+  assert refused["updates"] == 0.0  # every Update was refused (counted as invalid)
+
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = f.read()
+  second = _run(demo + ["--ablation=sft"])
+  assert second.returncode == 0, second.stderr[-3000:]
+  with open(os.path.join(workdir, "demo_results.json")) as f:
+    rerun = json.load(f)
+  assert "no_update (own SFT)" in rerun["rows"] and "no_update (own SFT)" in second.stdout
+  for label in ("random init", "after SFT", "after GRPO"):
+    assert rerun["rows"][label] == results["rows"][label]  # cached, not retrained
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert f.read() == logged  # the main run logged no step again
+  assert rerun["rows"]["no_update (own SFT)"]["updates"] == 0.0
+  assert os.path.isfile(os.path.join(workdir, "no_update", "hf", "model.safetensors"))
