@@ -21,7 +21,7 @@ import os
 import posixpath
 import tempfile
 import time
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
 _LOCAL_PROTOCOLS = ("file", "local")
 
@@ -69,6 +69,14 @@ def abspath(path: str) -> str:
   return path if is_remote(path) else os.path.abspath(_local(path))
 
 
+def dirname(path: str) -> str:
+  """The directory holding `path` (a local path or a URL, without a trailing slash)."""
+  if is_remote(path):
+    scheme, inner = path.split("://", 1)
+    return f"{scheme}://{posixpath.dirname(inner)}"
+  return os.path.dirname(_local(path))
+
+
 def _test(path: str, name: str) -> bool:
   """os.path.`name`(path) locally, the fsspec file system's `name`(path) for a URL."""
   if not is_remote(path):
@@ -103,31 +111,38 @@ def read_bytes(path: str) -> bytes:
     with open(_local(path), "rb") as f:
       return f.read()
   fs, inner = _filesystem(path)
-  if not fs.isfile(inner):
-    raise FileNotFoundError(f"{path}: no such file")
-  return fs.cat_file(inner)
+  return fs.cat_file(inner)  # FileNotFoundError when missing, as open()
 
 
 def read_text(path: str) -> str:
   return read_bytes(path).decode("utf-8")
 
 
-def write_bytes(path: str, data: bytes) -> None:
-  """Writes a whole file. Locally through a temporary name and a rename, so a reader never
-  sees half of it; on object storage an upload is all-or-nothing by itself."""
-  if is_remote(path):
-    fs, inner = _filesystem(path)
-    fs.pipe_file(inner, data)
-    return
-  path = _local(path)
-  tmp = f"{path}.tmp-{os.getpid()}"
+@contextlib.contextmanager
+def atomic_open(path: str) -> Iterator[IO[bytes]]:
+  """Opens a temporary local file for binary writing and renames it to `path` only on success,
+  so a reader (or a resumed run) never sees half a file under its final name."""
+  tmp = f"{path}.tmp{os.getpid()}"
   try:
     with open(tmp, "wb") as f:
-      f.write(data)
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes a whole file: locally through `atomic_open`; on object storage one upload, which
+  is all-or-nothing by itself."""
+  if is_remote(path):
+    fs, inner = _filesystem(path)
+    fs.pipe_file(inner, data)
+    return
+  with atomic_open(_local(path)) as f:
+    f.write(data)
 
 
 def write_text(path: str, text: str) -> None:
@@ -167,6 +182,33 @@ def upload_dir(local_dir: str, path: str, *, stale: Callable[[str], bool] | None
 
 
 @contextlib.contextmanager
+def local_file_to_read(path: str) -> Iterator[str]:
+  """A local path with the bytes of file `path` (itself when local, a temporary copy else)."""
+  if not is_remote(path):
+    yield _local(path)
+    return
+  with tempfile.TemporaryDirectory(prefix="atommem_read_") as tmp:
+    local = os.path.join(tmp, posixpath.basename(path))
+    with open(local, "wb") as f:
+      f.write(read_bytes(path))
+    yield local
+
+
+@contextlib.contextmanager
+def local_file_to_write(path: str) -> Iterator[str]:
+  """A local path whose file ends up at `path`: `path` itself when local; else a temporary
+  file uploaded when the block ends without an error (nothing is uploaded on error)."""
+  if not is_remote(path):
+    yield _local(path)
+    return
+  with tempfile.TemporaryDirectory(prefix="atommem_write_") as tmp:
+    local = os.path.join(tmp, posixpath.basename(path))
+    yield local
+    with open(local, "rb") as f:
+      write_bytes(path, f.read())
+
+
+@contextlib.contextmanager
 def local_dir_to_read(path: str) -> Iterator[str]:
   """A local directory with the files of `path` (itself when local, a temporary copy else)."""
   if not is_remote(path):
@@ -201,8 +243,11 @@ class RewrittenFile:
   def __init__(self, path: str, *, append: bool = True, min_interval_s: float = 0.0):
     self._path = path
     self._buffer = io.BytesIO()
-    if append and exists(path):
-      self._buffer.write(read_bytes(path))
+    if append:
+      try:
+        self._buffer.write(read_bytes(path))
+      except FileNotFoundError:
+        pass  # a new file
     self._min_interval_s = min_interval_s
     self._uploaded_at = -float("inf")
     self._dirty = True

@@ -45,6 +45,8 @@ def test_protocols_and_joins():
   assert fileio.canonical("gs://bucket/run") == "gs://bucket/run"
   assert fileio.abspath("gs://bucket/run") == "gs://bucket/run"
   assert fileio.abspath("run") == os.path.abspath("run")
+  assert fileio.dirname("gs://bucket/run/checkpoints") == "gs://bucket/run"
+  assert fileio.dirname("/tmp/run/checkpoints") == "/tmp/run"
 
 
 def test_reads_and_writes_on_a_url_and_on_disk(memory, tmp_path):
@@ -74,6 +76,12 @@ def test_directories_go_up_whole_and_come_back(memory, tmp_path):
         f.write("half")
       raise RuntimeError("crash while writing")
   assert not memory.exists("/bucket/broken/half.txt")
+  with pytest.raises(RuntimeError):  # likewise for a single file
+    with fileio.local_file_to_write("memory://bucket/broken/one.txt") as local:
+      with open(local, "w") as f:
+        f.write("half")
+      raise RuntimeError("crash while writing")
+  assert not memory.exists("/bucket/broken/one.txt")
   with fileio.local_dir_to_read("memory://bucket/tok") as local:
     assert open(os.path.join(local, "b.txt")).read() == "b.txtb.txtb.txt"
   with pytest.raises(FileNotFoundError):

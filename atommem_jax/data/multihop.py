@@ -380,15 +380,11 @@ def save_long_contexts(contexts: Sequence[LongContext], path: str) -> None:
   rows = [dataclasses.asdict(context) for context in contexts]
   table = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features},
                                      features=features)
-  with tempfile.TemporaryDirectory() as tmp:
-    local = path if not fileio.is_remote(path) else os.path.join(tmp, "contexts" + suffix)
+  with fileio.local_file_to_write(path) as local:  # a URL (gs://...) is uploaded whole
     if suffix == ".jsonl":
       table.to_json(local, lines=True)
     else:
       table.to_parquet(local)
-    if local != path:  # a URL (gs://...): uploaded whole
-      with open(local, "rb") as f:
-        fileio.write_bytes(path, f.read())
 
 
 def load_long_contexts(path: str) -> list[LongContext]:
@@ -400,12 +396,7 @@ def load_long_contexts(path: str) -> list[LongContext]:
   if not fileio.isfile(path):
     raise FileNotFoundError(f"{path}: no such long-context file")
   reader = datasets.Dataset.from_json if suffix == ".jsonl" else datasets.Dataset.from_parquet
-  with tempfile.TemporaryDirectory() as cache_dir:
-    local = fileio.canonical(path)
-    if fileio.is_remote(path):
-      local = os.path.join(cache_dir, "contexts" + suffix)
-      with open(local, "wb") as f:
-        f.write(fileio.read_bytes(path))
+  with tempfile.TemporaryDirectory() as cache_dir, fileio.local_file_to_read(path) as local:
     try:
       table = reader(local, features=_features(), cache_dir=cache_dir, keep_in_memory=True)
       return [_context_from_row(row) for row in table.to_list()]

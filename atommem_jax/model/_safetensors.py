@@ -7,15 +7,16 @@ the header) plus an optional "__metadata__" dict of strings, then the raw little
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import struct
-from typing import IO, Iterator, Mapping
+from typing import Mapping
 
 import ml_dtypes
 import numpy as np
+
+from atommem_jax import fileio
 
 DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype("<f4"),
@@ -77,21 +78,6 @@ def _view(path: str, name: str, info: object, data: np.ndarray) -> np.ndarray:
   return data[begin:end].view(DTYPES[dtype_name]).reshape(shape)
 
 
-@contextlib.contextmanager
-def atomic_open(path: str) -> Iterator[IO[bytes]]:
-  """Opens a temporary file for binary writing and renames it to `path` only on success."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def write(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
   """Writes `tensors` (F32, F16 or BF16) to `path`, atomically, in the order given."""
   header: dict[str, object] = {"__metadata__": dict(metadata)}
@@ -108,7 +94,7 @@ def write(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, s
     offset += array.nbytes
   header_bytes = json.dumps(header, separators=(",", ":")).encode()
   header_bytes += b" " * (-len(header_bytes) % _ALIGN)
-  with atomic_open(path) as f:
+  with fileio.atomic_open(path) as f:
     f.write(struct.pack("<Q", len(header_bytes)))
     f.write(header_bytes)
     for array in tensors.values():

@@ -353,7 +353,7 @@ def _to_host(x: Any, dtype: np.dtype) -> np.ndarray:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  with _safetensors.atomic_open(path) as f:
+  with fileio.atomic_open(path) as f:
     f.write((json.dumps(obj, indent=2) + "\n").encode())
 
 
@@ -430,7 +430,7 @@ def save_hf(config: Qwen3Config, params: Params, path: str, tokenizer_dir: str |
       _write_json(os.path.join(local, GENERATION_CONFIG_FILE),
                   {key: value for key, value in token_ids.items() if value is not None})
       for source in tokenizer_files:
-        with _safetensors.atomic_open(os.path.join(local, os.path.basename(source))) as dst:
+        with fileio.atomic_open(os.path.join(local, os.path.basename(source))) as dst:
           dst.write(fileio.read_bytes(source))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"save_hf {path}")

@@ -37,7 +37,7 @@ class Checkpointer:
     if name is None:
       # Orbax refuses relative paths ("Checkpoint path should be absolute"), and a
       # workdir like `workdir/demo` is what users type.
-      directory = os.path.abspath(os.fspath(directory).removeprefix("file://"))
+      directory = fileio.abspath(os.fspath(directory))
     elif name not in ORBAX_PROTOCOLS:
       raise ValueError(f"checkpoint directory {directory}: orbax writes local paths and "
                        f"{', '.join(p + '://' for p in ORBAX_PROTOCOLS)} URLs only; put the "

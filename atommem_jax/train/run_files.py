@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import posixpath
 
 from atommem_jax import fileio
 from atommem_jax.model.config import Qwen3Config
@@ -33,22 +31,15 @@ def find_checkpoints(path: str) -> tuple[str, str | None]:
   """
   path = fileio.abspath(path).rstrip("/")
   candidates = [(fileio.join(path, "checkpoints", s), path) for s in STAGES]
-  candidates += [(fileio.join(path, s), _parent(path)) for s in STAGES]
+  candidates += [(fileio.join(path, s), fileio.dirname(path)) for s in STAGES]
   for directory, workdir in candidates:
     if fileio.isdir(directory):
       with checkpoint_lib.Checkpointer(directory) as manager:
         if manager.latest_step():
           return directory, workdir
-  parent = _parent(_parent(path))
+  parent = fileio.dirname(fileio.dirname(path))
   return path, parent if fileio.isfile(fileio.join(parent, MODEL_CONFIG_FILE)) else None
 
-
-def _parent(path: str) -> str:
-  """The directory holding `path` (absolute local path or URL without a trailing slash)."""
-  if fileio.is_remote(path):
-    scheme, inner = path.split("://", 1)
-    return f"{scheme}://{posixpath.dirname(inner)}"
-  return os.path.dirname(path)
 
 
 def write(workdir: str, model_config: Qwen3Config, tokenizer_dir: str) -> None:
