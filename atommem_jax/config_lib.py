@@ -35,7 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   # "qwen3": the real Qwen3 tokenizer (offline); "synthetic": a small BPE trained on the
   # synthetic corpus (saved under workdir); or a tokenizer directory.
   c.tokenizer = "qwen3"
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # cpu_devices > 0: split the host CPU into that many XLA devices (one thread each), so that
+  # a CPU-only run is data parallel over its cores; 0 leaves JAX's default (one device).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))
   # Embedder spec for atommem_jax.memory.embed.make_embedder ("minilm", "hashing:512",
   # "st:/dir", "qwen3-embedding:/dir").
   c.embedder = "minilm"
@@ -61,11 +63,13 @@ def base_config() -> ml_collections.ConfigDict:
       top_k=0))
 
   c.sft = ml_collections.ConfigDict(dict(
-      steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20, weight_decay=0.01,
+      steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20,
+      schedule="constant", min_lr_ratio=0.0, weight_decay=0.01,
       grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0))
 
   c.grpo = ml_collections.ConfigDict(dict(
-      steps=0, questions_per_batch=16, group_size=8, lr=1e-6, warmup_steps=20, weight_decay=0.01,
+      steps=0, questions_per_batch=16, group_size=8, lr=1e-6, warmup_steps=20,
+      schedule="constant", min_lr_ratio=0.0, weight_decay=0.01,
       grad_clip=1.0, grad_accum=1, clip_low=0.2, clip_high=0.28, kl_coef=0.001,
       kl_estimator="k3", aggregation="token-mean", normalize_std=False, entropy_coef=0.0,
       num_minibatches=1, epochs=1))
@@ -103,6 +107,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
   if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
     _fail("mesh", dict(c.mesh), "positive sizes, at most one of them -1")
+  if c.mesh.get("cpu_devices", 0) < 0:
+    _fail("mesh.cpu_devices", c.mesh.cpu_devices, ">= 0 (0: JAX's default of one CPU device)")
   if c.data.kind not in ("synthetic", "multihop"):
     _fail("data.kind", c.data.kind, "'synthetic' or 'multihop'")
   buckets = tuple(c.rollout.prompt_buckets)
@@ -120,6 +126,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail(f"{section}.{field}", c[section][field], "a non-negative integer (grad_accum >= 1)")
     if c[section].lr <= 0:
       _fail(f"{section}.lr", c[section].lr, "> 0")
+    schedule = c[section].schedule
+    if schedule not in ("constant", "cosine"):
+      _fail(f"{section}.schedule", schedule, "'constant' or 'cosine' (after the warm-up)")
+    if schedule == "cosine" and 0 < c[section].steps <= c[section].warmup_steps:
+      _fail(f"{section}.schedule", schedule, f"cosine needs {section}.steps > "
+            f"{section}.warmup_steps (it decays over the steps after the warm-up)")
+    if not 0 <= c[section].min_lr_ratio <= 1:
+      _fail(f"{section}.min_lr_ratio", c[section].min_lr_ratio, "in [0, 1] (cosine floor)")
   if c.sft.prompt_loss_weight < 0:
     _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
   g = c.grpo
@@ -199,6 +213,24 @@ def sampling_config(c: ml_collections.ConfigDict, *, eos_ids, pad_id: int, greed
   return sampler.SamplingConfig(max_new_tokens=r.max_new_tokens, greedy=greedy,
                                 temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                                 eos_ids=tuple(eos_ids), pad_id=pad_id)
+
+
+_HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def request_cpu_devices(c: ml_collections.ConfigDict) -> bool:
+  """Asks XLA for mesh.cpu_devices host devices; call it before JAX first lists its devices.
+
+  An XLA_FLAGS that already sets the host device count wins (tests, launch scripts), and so
+  does mesh.cpu_devices=0. It only shapes the CPU platform: on a GPU or TPU machine the mesh
+  is still built from the accelerators. Returns whether it set the flag.
+  """
+  count = c.mesh.get("cpu_devices", 0)
+  flags = os.environ.get("XLA_FLAGS", "")
+  if count <= 0 or _HOST_DEVICES_FLAG in flags:
+    return False
+  os.environ["XLA_FLAGS"] = f"{flags} {_HOST_DEVICES_FLAG}={count}".strip()
+  return True
 
 
 def make_mesh(c: ml_collections.ConfigDict, devices=None):

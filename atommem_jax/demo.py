@@ -43,12 +43,13 @@ def main(argv: Sequence[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   try:
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from e
+  config_lib.request_cpu_devices(config)
+  from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
   started = time.perf_counter()
   main_run = loop.run(config, _WORKDIR.value)
   rows = [(label, main_run["evaluations"][name]) for name, label in loop.ROWS

@@ -289,6 +289,7 @@ def main(argv: Sequence[str]) -> None:
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from e
+  config_lib.request_cpu_devices(config)
   mesh = config_lib.make_mesh(config)
   checkpoint_dir, trained = None, None
   if _CHECKPOINT.value:

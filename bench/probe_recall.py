@@ -3,7 +3,7 @@
   python bench/probe_recall.py [--key k1|k2|k3|anchor] [--facts 16] [--queries 4] [--batch 16]
                                [--steps 1000] [--lr 5e-3] [--b2 0.999] [--heads 4]
                                [--width 128] [--layers 2] [--qk_norm_init 1.0] [--pool 377]
-                               [--warm_facts 3 --warm_steps 600]
+                               [--warm_facts 3 --warm_steps 600] [--backend jax|torch]
 
 The synthetic task needs an in-context lookup at every Create, Update and answer ("The friend of
 Bilu is Mina" ... "Who is the friend of Bilu?"). This probe trains the tiny default's shape
@@ -24,6 +24,10 @@ batch of 256 sequences with `facts` facts. With `--warm_steps`, the first steps 
 sequences of `--warm_facts` facts (a short-context curriculum). References: ln(377) = 5.93
 is the loss of a uniform guess over the pool; ln(facts) that of a uniform guess among the
 values in context.
+
+`--backend torch` trains transformers' Qwen3ForCausalLM of the same shape instead, with
+torch's AdamW on the same schedule (same data, same loss): an independent reference for
+whether a slow start is our model's or the task's (a reference, so no q/k-norm option).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from atommem_jax.train.batch import TrainBatch
 
 POOL, FIRST_NAME = 377, 100  # value / key tokens: FIRST_NAME ... FIRST_NAME + POOL - 1
 BOS, IS, DOT, ASK, NOW, FIRST_RELATION = 5, 10, 11, 12, 13, 20
+_WARMUP_STEPS = 20
 
 
 def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int, pool: int):
@@ -109,6 +114,7 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--warm_facts", type=int, default=3)
   parser.add_argument("--warm_steps", type=int, default=0)
+  parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
   args = parser.parse_args()
   for facts in (args.facts, args.warm_facts):
     if not 1 <= min(args.queries, facts) or (args.key in ("k2", "k3") and facts > 20):
@@ -118,14 +124,43 @@ def main() -> None:
       parser.error(f"--pool must be at least --facts (and 5) and at most {POOL}")
   if args.width % args.heads:
     parser.error("--heads must divide --width")
+  if args.backend == "torch" and args.qk_norm_init != 1.0:
+    parser.error("--qk_norm_init is for --backend jax only")
 
   config = model_config_lib.preset("tiny").replace(
       vocab_size=2048, hidden_size=args.width, intermediate_size=3 * args.width,
       num_hidden_layers=args.layers, num_attention_heads=args.heads,
       num_key_value_heads=max(1, args.heads // 2), head_dim=args.width // args.heads,
       remat="none")
+  rng = np.random.default_rng(args.seed)
+  held_out = make_batch(np.random.default_rng(10_000 + args.seed), args.key, args.facts,
+                        args.queries, 256, args.pool)
+  make_trainer = _torch_trainer if args.backend == "torch" else _jax_trainer
+  train_step, accuracy = make_trainer(config, args, held_out)
+
+  questions = 1 if args.key == "anchor" else min(args.queries, args.facts)
+  warm_up = (f", first {args.warm_steps} steps on {args.warm_facts} facts"
+             if args.warm_steps else "")
+  print(f"{args.backend}: key {args.key}, {args.facts} facts, {questions} questions, batch "
+        f"{args.batch}, lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, "
+        f"{args.heads} heads, q/k norm init {args.qk_norm_init}, pool {args.pool}{warm_up}; "
+        f"reference losses: uniform over the pool {math.log(args.pool):.2f}, uniform over the "
+        f"facts' values {math.log(args.facts):.2f}")
+  print("| step | train loss | held-out accuracy | seconds |\n|---|---|---|---|")
+  started = time.perf_counter()
+  for number in range(1, args.steps + 1):
+    facts = args.warm_facts if number <= args.warm_steps else args.facts
+    loss = train_step(make_batch(rng, args.key, facts, min(args.queries, facts), args.batch,
+                                 args.pool))
+    if number % args.every == 0 or number == args.steps:
+      print(f"| {number} | {loss:.3f} | {accuracy():.3f} | "
+            f"{time.perf_counter() - started:.0f} |", flush=True)
+
+
+def _jax_trainer(config, args, held_out: TrainBatch):
+  """(train_step(batch) -> loss, accuracy() on held_out) for our model and make_sft_step."""
   optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig(
-      learning_rate=args.lr, warmup_steps=20, b2=args.b2))
+      learning_rate=args.lr, warmup_steps=_WARMUP_STEPS, b2=args.b2))
   state = state_lib.create_train_state(config, jax.random.key(args.seed), optimizer)
   if args.qk_norm_init != 1.0:
     attn = dict(state.params["layers"]["attn"])
@@ -134,32 +169,62 @@ def main() -> None:
     params = {**state.params, "layers": {**state.params["layers"], "attn": attn}}
     state = dataclasses.replace(state, params=params)
   step = steps_lib.make_sft_step(config, optimizer)
-  rng = np.random.default_rng(args.seed)
-  held_out = make_batch(np.random.default_rng(10_000 + args.seed), args.key, args.facts,
-                        args.queries, 256, args.pool)
+  trained = {"state": state}
 
   @jax.jit
-  def accuracy(params):
+  def held_out_accuracy(params):
     logits = qwen3.logits(config, params, held_out.tokens[:, :-1])
     hits = (jnp.argmax(logits, -1) == held_out.tokens[:, 1:]) * held_out.loss_mask[:, 1:]
     return hits.sum() / held_out.loss_mask.sum()
 
-  questions = 1 if args.key == "anchor" else min(args.queries, args.facts)
-  warm_up = (f", first {args.warm_steps} steps on {args.warm_facts} facts"
-             if args.warm_steps else "")
-  print(f"key {args.key}, {args.facts} facts, {questions} questions, batch {args.batch}, "
-        f"lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, {args.heads} heads, "
-        f"q/k norm init {args.qk_norm_init}, pool {args.pool}{warm_up}; reference losses: uniform "
-        f"over the pool {math.log(args.pool):.2f}, uniform over the facts' values {math.log(args.facts):.2f}")
-  print("| step | train loss | held-out accuracy | seconds |\n|---|---|---|---|")
-  started = time.perf_counter()
-  for number in range(1, args.steps + 1):
-    facts = args.warm_facts if number <= args.warm_steps else args.facts
-    state, metrics = step(state, make_batch(rng, args.key, facts, min(args.queries, facts),
-                                            args.batch, args.pool))
-    if number % args.every == 0 or number == args.steps:
-      print(f"| {number} | {float(metrics['loss']):.3f} | {float(accuracy(state.params)):.3f} | "
-            f"{time.perf_counter() - started:.0f} |", flush=True)
+  def train_step(batch: TrainBatch) -> float:
+    trained["state"], metrics = step(trained["state"], batch)
+    return float(metrics["loss"])
+
+  return train_step, lambda: float(held_out_accuracy(trained["state"].params))
+
+
+def _torch_trainer(config, args, held_out: TrainBatch):
+  """The same for transformers' Qwen3ForCausalLM: AdamW (decay 0.01), clip 1, same warm-up."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(args.seed)
+  model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+      intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
+      num_attention_heads=config.num_attention_heads,
+      num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim,
+      rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+      rms_norm_eps=config.rms_norm_eps,
+      tie_word_embeddings=config.tie_word_embeddings, max_position_embeddings=4096))
+  optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, args.b2),
+                                eps=1e-8, weight_decay=0.01)
+  schedule = torch.optim.lr_scheduler.LambdaLR(
+      optimizer, lambda done: min(1.0, done / _WARMUP_STEPS))  # optax: 0 -> lr linearly
+
+  def nll(batch: TrainBatch):
+    tokens = torch.as_tensor(batch.tokens, dtype=torch.long)
+    mask = torch.as_tensor(batch.loss_mask)[:, 1:]
+    logits = model(tokens).logits[:, :-1].float()
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:],
+                                                  reduction="none")
+    return (per_token * mask).sum() / mask.sum(), logits, tokens, mask
+
+  def train_step(batch: TrainBatch) -> float:
+    loss, _, _, _ = nll(batch)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+  def accuracy() -> float:
+    with torch.no_grad():
+      _, logits, tokens, mask = nll(held_out)
+      return float(((logits.argmax(-1) == tokens[:, 1:]) * mask).sum() / mask.sum())
+
+  return train_step, accuracy
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import glob
 import json
+import math
 import os
 import re
 import subprocess
@@ -149,9 +150,9 @@ def test_paper_configs_carry_the_published_hyperparameters(name):
 
 def test_a800_mesh_fits_one_node_and_tpu_mesh_takes_every_chip():
   a800 = config_lib.load_config_file("qwen3_8b_a800")
-  assert dict(a800.mesh) == {"data": -1, "fsdp": 8, "tensor": 1}
+  assert dict(a800.mesh) == {"data": -1, "fsdp": 8, "tensor": 1, "cpu_devices": 0}
   tpu = config_lib.load_config_file("qwen3_8b_tpu")
-  assert dict(tpu.mesh) == {"data": 1, "fsdp": -1, "tensor": 1}
+  assert dict(tpu.mesh) == {"data": 1, "fsdp": -1, "tensor": 1, "cpu_devices": 0}
   expected = copy.deepcopy(a800.to_dict())
   expected["mesh"] = dict(tpu.mesh)
   assert tpu.to_dict() == expected  # same hyperparameters, only the mesh differs
@@ -310,3 +311,51 @@ def test_old_action_switch_names_fail_with_the_new_name():
     config_lib.validate(c)
   env = config_lib.env_config(config_lib.load_config_file("no_update:tiny"))
   assert env.update is False and env.delete is True and env.store is True
+
+
+def test_request_cpu_devices_sets_the_host_device_count_unless_the_environment_does(
+    monkeypatch):
+  c = config_lib.base_config()
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  assert not config_lib.request_cpu_devices(c)  # 0: JAX's default stays
+  assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=0"
+  c.mesh.cpu_devices = 2
+  assert config_lib.request_cpu_devices(c)
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=0",
+                                             "--xla_force_host_platform_device_count=2"]
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  assert not config_lib.request_cpu_devices(c)  # an explicit count wins
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+  monkeypatch.delenv("XLA_FLAGS")
+  assert config_lib.request_cpu_devices(c)
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+  c.mesh.cpu_devices = -1
+  with pytest.raises(config_lib.ConfigError, match="mesh.cpu_devices"):
+    config_lib.validate(c)
+
+
+def test_stage_schedule_fields_reach_the_optimizer_and_bad_ones_name_the_field():
+  from atommem_jax.train import stages  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.sft.update(steps=120, lr=1e-3, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
+  schedule = state_lib.learning_rate_schedule(stages.optimizer_config(c.sft))
+  for step in (0, 10, 20, 45, 70, 119, 120):
+    if step < 20:
+      expected = 1e-3 * step / 20
+    else:  # cosine from the peak to min_lr_ratio * peak over the 100 steps after warm-up
+      expected = 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 20) / 100)))
+    assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-12)
+  constant = state_lib.learning_rate_schedule(stages.optimizer_config(c.grpo))
+  assert float(constant(10_000)) == pytest.approx(c.grpo.lr)
+
+  for field, value, message in (("schedule", "linear", "sft.schedule"),
+                                ("min_lr_ratio", 1.5, "sft.min_lr_ratio")):
+    bad = copy.deepcopy(c)
+    bad.sft[field] = value
+    with pytest.raises(config_lib.ConfigError, match=message):
+      config_lib.validate(bad)
+  bad = copy.deepcopy(c)
+  bad.sft.steps = 20  # no step after the warm-up to decay over
+  with pytest.raises(config_lib.ConfigError, match="cosine needs sft.steps > sft.warmup_steps"):
+    config_lib.validate(bad)

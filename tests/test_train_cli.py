@@ -43,7 +43,8 @@ def _env() -> dict[str, str]:
 
 def _train_command(workdir: str, *overrides: str) -> list[str]:
   return [sys.executable, "-m", "atommem_jax.train", "--config",
-          os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir, *MICRO, *overrides]
+          os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir, *MICRO,
+          "--config.mesh.cpu_devices=0", *overrides]
 
 
 def _run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -193,6 +194,8 @@ def test_demo_prints_the_table_and_a_rerun_reuses_the_main_run(tmp_path):
           os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir, *MICRO]
   first = _run(demo + ["--ablation=eval"])
   assert first.returncode == 0, first.stderr[-3000:]
+  # configs/tiny.py asks for 2 host devices: the demo is data parallel over the 2 cores.
+  assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}" in first.stdout + first.stderr
   with open(os.path.join(workdir, "demo_results.json")) as f:
     results = json.load(f)
   assert list(results["rows"]) == ["random init", "after SFT", "after GRPO",

@@ -44,6 +44,7 @@ def main(argv: Sequence[str]) -> None:
     config_lib.validate(_CONFIG.value)
   except config_lib.ConfigError as e:
     raise app.UsageError(f"{flags.FLAGS['config'].config_filename}: {e}") from e
+  config_lib.request_cpu_devices(_CONFIG.value)
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,

@@ -49,7 +49,10 @@ def stage_key(seed: int, stage: str, step: int) -> jax.Array:
 
 
 def optimizer_config(section) -> state_lib.OptimizerConfig:
+  """The sft or grpo section's optimizer; a cosine schedule decays over the stage's steps."""
   return state_lib.OptimizerConfig(learning_rate=section.lr, warmup_steps=section.warmup_steps,
+                                   schedule=section.schedule, total_steps=section.steps,
+                                   min_lr_ratio=section.min_lr_ratio,
                                    weight_decay=section.weight_decay,
                                    grad_clip_norm=section.grad_clip or None)
 
