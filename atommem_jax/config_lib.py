@@ -129,9 +129,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     schedule = c[section].schedule
     if schedule not in ("constant", "cosine"):
       _fail(f"{section}.schedule", schedule, "'constant' or 'cosine' (after the warm-up)")
-    if schedule == "cosine" and 0 < c[section].steps <= c[section].warmup_steps:
-      _fail(f"{section}.schedule", schedule, f"cosine needs {section}.steps > "
-            f"{section}.warmup_steps (it decays over the steps after the warm-up)")
     if not 0 <= c[section].min_lr_ratio <= 1:
       _fail(f"{section}.min_lr_ratio", c[section].min_lr_ratio, "in [0, 1] (cosine floor)")
   if c.sft.prompt_loss_weight < 0:

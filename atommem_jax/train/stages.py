@@ -49,9 +49,14 @@ def stage_key(seed: int, stage: str, step: int) -> jax.Array:
 
 
 def optimizer_config(section) -> state_lib.OptimizerConfig:
-  """The sft or grpo section's optimizer; a cosine schedule decays over the stage's steps."""
+  """The sft or grpo section's optimizer; a cosine schedule decays over the stage's steps.
+
+  A stage of no more steps than its warm-up ends before any decay (a smoke run), so its
+  cosine is given one step past the warm-up to decay over, which it never reaches.
+  """
   return state_lib.OptimizerConfig(learning_rate=section.lr, warmup_steps=section.warmup_steps,
-                                   schedule=section.schedule, total_steps=section.steps,
+                                   schedule=section.schedule,
+                                   total_steps=max(section.steps, section.warmup_steps + 1),
                                    min_lr_ratio=section.min_lr_ratio,
                                    weight_decay=section.weight_decay,
                                    grad_clip_norm=section.grad_clip or None)
