@@ -91,6 +91,7 @@ def _fail(field: str, value, expected: str):
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every field that the code cannot check cheaply later; raises ConfigError."""
   from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   if not c.model.hf_dir and c.model.preset not in model_config_lib.PRESETS:
     _fail("model.preset", c.model.preset, f"one of {sorted(model_config_lib.PRESETS)} "
           "(or set model.hf_dir)")
@@ -126,9 +127,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail(f"{section}.{field}", c[section][field], "a non-negative integer (grad_accum >= 1)")
     if c[section].lr <= 0:
       _fail(f"{section}.lr", c[section].lr, "> 0")
-    schedule = c[section].schedule
-    if schedule not in ("constant", "cosine"):
-      _fail(f"{section}.schedule", schedule, "'constant' or 'cosine' (after the warm-up)")
+    if c[section].schedule not in state_lib.SCHEDULES:
+      _fail(f"{section}.schedule", c[section].schedule,
+            f"one of {state_lib.SCHEDULES} (after the warm-up)")
     if not 0 <= c[section].min_lr_ratio <= 1:
       _fail(f"{section}.min_lr_ratio", c[section].min_lr_ratio, "in [0, 1] (cosine floor)")
   if c.sft.prompt_loss_weight < 0:
