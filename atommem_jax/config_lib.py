@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   # "qwen3": the real Qwen3 tokenizer (offline); "synthetic": a small BPE trained on the
   # synthetic corpus (saved under workdir); or a tokenizer directory.
   c.tokenizer = "qwen3"
+  # Options of the "synthetic" tokenizer: a space before a capital letter as its own token
+  # (one token form per name; data.tokenizer.train_bpe_tokenizer).
+  c.synthetic_tokenizer = ml_collections.ConfigDict(dict(split_space_before_capitals=False))
   # cpu_devices > 0: split the host CPU into that many XLA devices (one thread each), so that
   # a CPU-only run is data parallel over its cores; 0 leaves JAX's default (one device).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))
@@ -65,7 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft = ml_collections.ConfigDict(dict(
       steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20,
       schedule="constant", min_lr_ratio=0.0, weight_decay=0.01,
-      grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0))
+      grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0,
+      # Repeats of the oracle steps that carry each action (1: as generated).
+      oversample=ml_collections.ConfigDict(dict(
+          scratchpad=1, read=1, create=1, update=1, delete=1, answer=1))))
 
   c.grpo = ml_collections.ConfigDict(dict(
       steps=0, questions_per_batch=16, group_size=8, lr=1e-6, warmup_steps=20,
@@ -134,6 +140,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _fail(f"{section}.min_lr_ratio", c[section].min_lr_ratio, "in [0, 1] (cosine floor)")
   if c.sft.prompt_loss_weight < 0:
     _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
+  for name, count in c.sft.oversample.items():
+    if not isinstance(count, int) or count < 1:
+      _fail(f"sft.oversample.{name}", count, "a whole number >= 1 (1: no repeats)")
+    if count > 1 and c.data.sft_file:
+      _fail(f"sft.oversample.{name}", count,
+            "1 with data.sft_file (oversampling repeats oracle steps by their actions)")
   g = c.grpo
   if g.group_size < 2:
     _fail("grpo.group_size", g.group_size, ">= 2 (advantages are relative to the group)")

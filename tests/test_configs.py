@@ -361,3 +361,18 @@ def test_stage_schedule_fields_reach_the_optimizer_and_bad_ones_name_the_field()
   schedule = state_lib.learning_rate_schedule(stages.optimizer_config(short.sft))
   assert [float(schedule(step)) for step in range(5)] == pytest.approx(
       [1e-3 * step / 20 for step in range(5)])
+
+
+def test_sft_oversample_counts_are_validated_with_the_field_named():
+  c = config_lib.load_config_file("tiny")
+  c.sft.oversample.create = 3
+  config_lib.validate(c)
+  for value in (0, -2):  # (a float cannot be set: the field is an int)
+    bad = copy.deepcopy(c)
+    bad.sft.oversample.create = value
+    with pytest.raises(config_lib.ConfigError, match="sft.oversample.create"):
+      config_lib.validate(bad)
+  with_file = copy.deepcopy(c)
+  with_file.data.sft_file = "trajectories.jsonl"  # its steps carry no parsed actions
+  with pytest.raises(config_lib.ConfigError, match="sft.oversample.create.*data.sft_file"):
+    config_lib.validate(with_file)

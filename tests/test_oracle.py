@@ -156,3 +156,28 @@ def test_oracle_follows_ablations():
     assert sum(r.stats.creates for r in results) > 0
     updates = sum(r.stats.updates for r in results)
     assert updates > 0 if switch == "scratchpad" else updates == 0
+
+
+def test_oversampled_oracle_examples_repeat_the_steps_that_carry_the_action():
+  """sft_data.oracle_examples(oversample={"create": 3}) lists each step whose response
+  writes <add_memory> three times and every other step once, judged from the response text;
+  unknown action names and counts below 1 fail naming the entry."""
+  from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
+  contexts = synthetic.generate_synthetic(6, seed=3, num_entities=4, num_cities=3, num_docs=6,
+                                          hops=1, num_updates=1, doc_length=4)
+  config = env_lib.EnvConfig(chunk_tokens=96, chunk_overlap=8)
+  tokenizer, embedder = _tokenizer(), HashingEmbedder(256)
+  plain, reward = sft_data.oracle_examples(contexts, config, tokenizer, embedder)
+  repeated, _ = sft_data.oracle_examples(contexts, config, tokenizer, embedder,
+                                         oversample={"create": 3})
+  assert reward == 1.0
+  expected = []
+  for example in plain:
+    writes = "<add_memory>" in tokenizer.decode(example.response_ids)
+    expected += [example] * (3 if writes else 1)
+  assert repeated == expected
+  assert len(plain) < len(repeated) < 3 * len(plain)  # some steps create, some do not
+  with pytest.raises(ValueError, match="unknown action names"):
+    sft_data.oracle_examples(contexts, config, tokenizer, embedder, oversample={"add": 2})
+  with pytest.raises(ValueError, match="'create'"):
+    sft_data.oracle_examples(contexts, config, tokenizer, embedder, oversample={"create": 0})

@@ -71,7 +71,9 @@ def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]
       contexts = sft_data.synthetic_contexts(config, "train")
       vocab_size = config_lib.model_config(config).vocab_size
       with fileio.local_dir_to_write(directory) as local:
-        sft_data.train_synthetic_tokenizer(contexts, vocab_size, env_config, embedder, local)
+        sft_data.train_synthetic_tokenizer(
+            contexts, vocab_size, env_config, embedder, local,
+            split_space_before_capitals=config.synthetic_tokenizer.split_space_before_capitals)
   else:
     directory = name
     if not fileio.isdir(directory):

@@ -8,11 +8,12 @@ once per epoch with a key folded from (seed, epoch).
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from atommem_jax import fileio
+from atommem_jax.agent import actions as actions_lib
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import oracle
 from atommem_jax.data import multihop
@@ -22,6 +23,11 @@ from atommem_jax.train.batch import Example
 
 SYNTHETIC_TOKENIZER = "synthetic"
 _CORPUS_EPISODES = 512  # oracle episodes whose prompts and responses join the BPE corpus
+# Action names of `oracle_examples(oversample=...)` and of config field sft.oversample.
+OVERSAMPLE_KINDS = {
+    "scratchpad": actions_lib.ActionKind.SCRATCHPAD, "read": actions_lib.ActionKind.READ,
+    "create": actions_lib.ActionKind.CREATE, "update": actions_lib.ActionKind.UPDATE,
+    "delete": actions_lib.ActionKind.DELETE, "answer": actions_lib.ActionKind.ANSWER}
 
 
 def synthetic_contexts(config, split: str) -> list[multihop.LongContext]:
@@ -51,35 +57,59 @@ def _document_texts(contexts: Sequence[multihop.LongContext]) -> list[str]:
 
 
 def train_synthetic_tokenizer(contexts: Sequence[multihop.LongContext], vocab_size: int,
-                              env_config: env_lib.EnvConfig, embedder, out_dir: str):
+                              env_config: env_lib.EnvConfig, embedder, out_dir: str, *,
+                              split_space_before_capitals: bool = False):
   """A BPE trained on documents, questions, and oracle prompts and responses; saved to out_dir.
 
   The prompts (system text, headers) only exist once a tokenizer chunks the context, so a
   first BPE on the documents drives a few oracle episodes whose texts join the corpus of
-  the final one.
+  the final one. `split_space_before_capitals`: see `tokenizer.train_bpe_tokenizer`.
   """
   texts = _document_texts(contexts)
-  draft = tokenizer_lib.train_bpe_tokenizer(texts, vocab_size)
+  options = dict(split_space_before_capitals=split_space_before_capitals)
+  draft = tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, **options)
   env = env_lib.MemoryEnv(env_config, draft, embedder)
   results = oracle.run_episodes(env, oracle.OraclePolicy(enabled=env_config.enabled_actions),
                                 contexts[:_CORPUS_EPISODES])
   for result in results:
     for turn in result.trajectory:
       texts += [turn.prompt_text, turn.response]
-  return tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, out_dir)
+  return tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, out_dir, **options)
 
 
 def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_lib.EnvConfig,
-                    tokenizer, embedder) -> tuple[list[Example], float]:
-  """SFT examples (one per step, response ended by EOS) of the oracle, and its mean reward."""
+                    tokenizer, embedder, oversample: Mapping[str, int] | None = None
+                    ) -> tuple[list[Example], float]:
+  """SFT examples (one per step, response ended by EOS) of the oracle, and its mean reward.
+
+  `oversample` maps action names (`OVERSAMPLE_KINDS`: "create", "update", ...) to a repeat
+  count: a step is listed as many times as the largest count among its actions (1 for the
+  names not given), right after itself, so that an epoch holds it that many times.
+  """
+  repeats = _repeats_by_kind(oversample or {})
   env = env_lib.MemoryEnv(env_config, tokenizer, embedder)
   results = oracle.run_episodes(env, oracle.OraclePolicy(enabled=env_config.enabled_actions),
                                 contexts)
   eos = tokenizer.eos_token_id
-  examples = [Example(turn.prompt_token_ids,
-                      tokenizer.encode(turn.response, add_special_tokens=False) + [eos])
-              for result in results for turn in result.trajectory]
+  examples = []
+  for result in results:
+    for turn in result.trajectory:
+      example = Example(turn.prompt_token_ids,
+                        tokenizer.encode(turn.response, add_special_tokens=False) + [eos])
+      copies = max([repeats[action.kind] for action in turn.actions], default=1)
+      examples += [example] * copies
   return examples, float(np.mean([result.reward for result in results]))
+
+
+def _repeats_by_kind(oversample: Mapping[str, int]) -> dict[actions_lib.ActionKind, int]:
+  unknown = sorted(set(oversample) - set(OVERSAMPLE_KINDS))
+  if unknown:
+    raise ValueError(f"oversample: unknown action names {unknown}; known: "
+                     f"{sorted(OVERSAMPLE_KINDS)}")
+  for name, count in oversample.items():
+    if not isinstance(count, int) or count < 1:
+      raise ValueError(f"oversample[{name!r}] = {count!r}: give a whole number >= 1")
+  return {kind: oversample.get(name, 1) for name, kind in OVERSAMPLE_KINDS.items()}
 
 
 def file_examples(path: str, tokenizer) -> list[Example]:

@@ -119,10 +119,13 @@ def sft_examples(job: Job, contexts) -> list[batch_lib.Example]:
   """Oracle trajectories of the training contexts, or data.sft_file when set."""
   if job.config.data.sft_file:
     return sft_data.file_examples(job.config.data.sft_file, job.tokenizer)
+  oversample = dict(job.config.sft.oversample)
   examples, reward = sft_data.oracle_examples(contexts, job.env_config, job.tokenizer,
-                                              job.embedder)
+                                              job.embedder, oversample=oversample)
+  repeated = {name: count for name, count in oversample.items() if count > 1}
   job.log(f"sft: {len(examples)} oracle steps from {len(contexts)} contexts "
-          f"(oracle reward {reward:.3f})")
+          f"(oracle reward {reward:.3f})" + (f", steps with {repeated} repeated" if repeated
+                                             else ""))
   return examples
 
 
