@@ -364,7 +364,9 @@ def test_stage_schedule_fields_reach_the_optimizer_and_bad_ones_name_the_field()
 
 
 def test_sft_oversample_counts_are_validated_with_the_field_named():
+  from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
   c = config_lib.load_config_file("tiny")
+  assert set(c.sft.oversample) == set(sft_data.OVERSAMPLE_KINDS)  # one field per action
   c.sft.oversample.create = 3
   config_lib.validate(c)
   for value in (0, -2):  # (a float cannot be set: the field is an int)

@@ -23,11 +23,9 @@ from atommem_jax.train.batch import Example
 
 SYNTHETIC_TOKENIZER = "synthetic"
 _CORPUS_EPISODES = 512  # oracle episodes whose prompts and responses join the BPE corpus
-# Action names of `oracle_examples(oversample=...)` and of config field sft.oversample.
-OVERSAMPLE_KINDS = {
-    "scratchpad": actions_lib.ActionKind.SCRATCHPAD, "read": actions_lib.ActionKind.READ,
-    "create": actions_lib.ActionKind.CREATE, "update": actions_lib.ActionKind.UPDATE,
-    "delete": actions_lib.ActionKind.DELETE, "answer": actions_lib.ActionKind.ANSWER}
+# Action names of `oracle_examples(oversample=...)` and of config field sft.oversample:
+# "scratchpad", "read", "create", "update", "delete", "answer".
+OVERSAMPLE_KINDS = {kind.name.lower(): kind for kind in actions_lib.ActionKind}
 
 
 def synthetic_contexts(config, split: str) -> list[multihop.LongContext]:
