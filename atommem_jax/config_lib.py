@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict(dict(
       steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20,
-      schedule="constant", min_lr_ratio=0.0, weight_decay=0.01,
+      schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
       grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0,
       # Repeats of the oracle steps that carry each action (1: as generated).
       oversample=ml_collections.ConfigDict(dict(
@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.grpo = ml_collections.ConfigDict(dict(
       steps=0, questions_per_batch=16, group_size=8, lr=1e-6, warmup_steps=20,
-      schedule="constant", min_lr_ratio=0.0, weight_decay=0.01,
+      schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
       grad_clip=1.0, grad_accum=1, clip_low=0.2, clip_high=0.28, kl_coef=0.001,
       kl_estimator="k3", aggregation="token-mean", normalize_std=False, entropy_coef=0.0,
       num_minibatches=1, epochs=1))
@@ -138,6 +138,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
             f"one of {state_lib.SCHEDULES} (after the warm-up)")
     if not 0 <= c[section].min_lr_ratio <= 1:
       _fail(f"{section}.min_lr_ratio", c[section].min_lr_ratio, "in [0, 1] (cosine floor)")
+    for field in ("b1", "b2"):
+      if not 0 <= c[section][field] < 1:
+        _fail(f"{section}.{field}", c[section][field], "in [0, 1) (Adam moment decay)")
   if c.sft.prompt_loss_weight < 0:
     _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
   for name, count in c.sft.oversample.items():

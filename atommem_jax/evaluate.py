@@ -178,16 +178,41 @@ def _evaluate(loop, params, contexts, name: str, seed: int):
   return rollouts, seconds
 
 
+def answer_recall(context, rollout) -> tuple[list[float], list[float]]:
+  """Per question: is a gold answer in the final store; was it among the memories that the
+  question's answer steps retrieved (an empty list without traced observations)."""
+  from atommem_jax.agent import reward  # pylint: disable=g-import-not-at-top
+  in_store = [reward.answer_in_texts(q.answers, [m.text for m in rollout.result.memories])
+              for q in context.questions]
+  retrieved = [reward.answer_in_texts(q.answers, [
+      m.text for o in rollout.observations if o.phase == "answer" and o.question_index == i
+      for m in o.retrieved]) for i, q in enumerate(context.questions)]
+  return in_store, retrieved if rollout.observations else []
+
+
 def dataset_summary(contexts, rollouts, seconds: float) -> dict:
-  """EM / F1 / reward means, sizes and operation usage of one dataset's episodes."""
+  """EM / F1 / reward means, answer recall, sizes and operation usage of one dataset's episodes.
+
+  answer_in_store: share of questions whose gold answer is in the final store;
+  answer_retrieved: share whose gold answer was among the memories their answer steps read.
+  EM below them means the policy had the answer and did not give it; EM near them means
+  what it failed at was storing or finding it.
+  """
   from atommem_jax.agent import stats  # pylint: disable=g-import-not-at-top
   exact_match = [em for r in rollouts for em in r.result.exact_match]
   f1 = [score for r in rollouts for score in r.result.f1]
+  in_store, retrieved = [], []
+  for context, rollout in zip(contexts, rollouts):
+    store_part, retrieved_part = answer_recall(context, rollout)
+    in_store += store_part
+    retrieved += retrieved_part
   return {
       "contexts": len(contexts),
       "questions": len(exact_match),
       "documents_per_context": sum(len(c.documents) for c in contexts) / len(contexts),
       "exact_match": sum(exact_match) / len(exact_match),
+      "answer_in_store": sum(in_store) / len(in_store),
+      "answer_retrieved": sum(retrieved) / len(retrieved) if retrieved else None,
       "f1": sum(f1) / len(f1),
       "reward": sum(r.result.reward for r in rollouts) / len(rollouts),
       "operations": stats.summarize([r.result.stats for r in rollouts]),
@@ -322,7 +347,8 @@ def main(argv: Sequence[str]) -> None:
     result = summary["datasets"][name]
     print(f"{name}: {result['contexts']} contexts, {result['questions']} questions, "
           f"{result['documents_per_context']:.0f} documents per context: "
-          f"EM {result['exact_match']:.3f} F1 {result['f1']:.3f}")
+          f"EM {result['exact_match']:.3f} F1 {result['f1']:.3f}; answer in store "
+          f"{result['answer_in_store']:.3f}, retrieved {result['answer_retrieved'] or 0:.3f}")
   fileio.write_text(fileio.join(_OUT.value, "summary.json"), json.dumps(summary, indent=2))
   write_plot(summary, fileio.join(_OUT.value, "summary.png"))
   fileio.write_text(fileio.join(_OUT.value, "episodes.md"), "\n".join(log) + "\n")

@@ -363,6 +363,29 @@ def test_stage_schedule_fields_reach_the_optimizer_and_bad_ones_name_the_field()
       [1e-3 * step / 20 for step in range(5)])
 
 
+def test_adam_betas_reach_the_optimizer_and_bad_ones_name_the_field():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import stages  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.sft.update(steps=10, lr=0.1, warmup_steps=0, weight_decay=0.0, grad_clip=0.0, b1=0.5,
+               b2=0.9)
+  optimizer = state_lib.make_optimizer(stages.optimizer_config(c.sft))
+  params = jnp.zeros(())
+  opt_state = optimizer.init(params)
+  m = v = 0.0
+  for t, g in enumerate((1.0, -0.25, 2.0), start=1):  # Adam by hand, with these betas
+    m, v = 0.5 * m + 0.5 * g, 0.9 * v + 0.1 * g * g
+    expected = -0.1 * (m / (1 - 0.5**t)) / ((v / (1 - 0.9**t)) ** 0.5 + 1e-8)
+    updates, opt_state = optimizer.update(jnp.asarray(g), opt_state, params)
+    assert float(updates) == pytest.approx(expected, rel=1e-5)
+  for section, field, value in (("sft", "b2", 1.0), ("grpo", "b1", -0.1)):
+    bad = copy.deepcopy(c)
+    bad[section][field] = value
+    with pytest.raises(config_lib.ConfigError, match=f"{section}.{field}"):
+      config_lib.validate(bad)
+
+
 def test_sft_oversample_counts_are_validated_with_the_field_named():
   from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
   c = config_lib.load_config_file("tiny")

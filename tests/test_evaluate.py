@@ -53,6 +53,7 @@ def _check_outputs(out, datasets) -> dict:
     for field in ("contexts", "questions", "documents_per_context", "exact_match", "f1",
                   "reward", "episodes_per_second"):
       assert field in result
+    assert 0.0 <= result["answer_in_store"] <= 1.0 and 0.0 <= result["answer_retrieved"] <= 1.0
     for field in ("creates", "reads", "updates", "deletes", "final_store_size", "num_invalid"):
       assert field in result["operations"]
   log = (out / "episodes.md").read_text()
@@ -131,3 +132,23 @@ def test_bad_flags_give_clear_errors(tmp_path, args, message):
   assert run.returncode != 0
   assert message in run.stderr
   assert "Traceback" not in run.stderr
+
+
+def test_answer_recall_counts_the_store_and_each_questions_own_reads():
+  from types import SimpleNamespace as NS  # pylint: disable=g-import-not-at-top
+  context = NS(questions=[multihop.Question("q0", "Where was Fime born?", ("Pari",)),
+                          multihop.Question("q1", "Who owns Geku?", ("Vano", "V. Ano")),
+                          multihop.Question("q2", "Where is Geku based?", ("Daso",))])
+  memories = [NS(text="Fime: Fime was born in Pari."), NS(text="Geku: owned by V. Ano")]
+  observations = [
+      NS(phase="read", question_index=None, retrieved=[NS(text="Daso")]),  # not an answer step
+      NS(phase="answer", question_index=0, retrieved=[]),
+      NS(phase="answer", question_index=0, retrieved=[NS(text="Fime was born in Pari.")]),
+      NS(phase="answer", question_index=1, retrieved=[NS(text="Fime was born in Pari.")]),
+      NS(phase="answer", question_index=2, retrieved=[NS(text="Geku is based in Dasom.")])]
+  rollout = NS(result=NS(memories=memories), observations=observations)
+  # q0: in the store and read; q1: an alias in the store, never read; q2: neither ("Dasom"
+  # is another word, and the read-phase "Daso" belongs to no answer step).
+  assert evaluate.answer_recall(context, rollout) == ([1.0, 1.0, 0.0], [1.0, 0.0, 0.0])
+  untraced = NS(result=NS(memories=memories), observations=())
+  assert evaluate.answer_recall(context, untraced) == ([1.0, 1.0, 0.0], [])

@@ -142,3 +142,17 @@ def test_store_size_penalty():
   assert reward.store_size_penalty(100) == 0.0  # off by default
   assert reward.store_size_penalty(30, coef=0.01, free_size=20) == pytest.approx(0.1)
   assert reward.store_size_penalty(10, coef=0.01, free_size=20) == 0.0
+
+
+@pytest.mark.parametrize("golds,texts,expected", [
+    (["Pari"], ["Fime: Fime was born in Pari."], 1.0),
+    (["Pari"], ["Fime was born in Paris."], 0.0),  # whole words only
+    (["Pari"], ["Nothing here.", "PARI!"], 1.0),  # any text; case and punctuation normalised
+    (["The Beatles"], ["a song by beatles"], 1.0),  # articles dropped on both sides
+    (["New York"], ["York, New"], 0.0),  # the words in order
+    (["", "Kimo"], ["Kimo sells lamps."], 1.0),  # another alias matches
+    ([""], ["anything"], 0.0),  # an empty gold never matches
+    (["Pari"], [], 0.0),
+])
+def test_answer_in_texts(golds, texts, expected):
+  assert reward.answer_in_texts(golds, texts) == expected

@@ -112,6 +112,7 @@ def test_train_end_to_end_and_export(tmp_path):
     final = json.load(f)["grpo"]
   assert replay["contexts"] == 4
   for field, replayed in (("exact_match", replay["exact_match"]), ("f1", replay["f1"]),
+                          ("answer_in_store", replay["answer_in_store"]),
                           ("creates", replay["operations"]["creates"]),
                           ("invalid", replay["operations"]["num_invalid"]),
                           ("store_size", replay["operations"]["final_store_size"])):

@@ -93,6 +93,17 @@ def _f1_one(prediction: str, gold: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
+def answer_in_texts(golds: Sequence[str], texts: Sequence[str]) -> float:
+  """1.0 if a normalised gold alias occurs, as whole words, in one of the normalised texts.
+
+  A memory-recall measure: whether the store (or what a Read returned) holds the answer at
+  all, whatever the policy then answered. Empty golds never match.
+  """
+  padded = [f" {normalize_answer(text)} " for text in texts]
+  return float(any(f" {gold} " in text for gold in map(normalize_answer, golds) if gold
+                   for text in padded))
+
+
 def context_reward(predictions: Sequence[str | None],
                    golds_per_question: Sequence[Sequence[str]]) -> float:
   """Mean exact match over the questions of one context; None means not answered (0)."""

@@ -98,17 +98,20 @@ def local_batch_shards(mesh: Mesh, rules: sharding.Rules = sharding.DEFAULT_RULE
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeOutcome:
-  """What summaries need of one episode (its result without trajectory and memories)."""
+  """What summaries need of one episode: its result without trajectory and memories, and the
+  texts of the memories it ended with."""
   episode: int
   result: env_lib.EpisodeResult
   response_lengths: tuple[int, ...]
+  final_memories: tuple[str, ...] = ()
 
 
 def gather_outcomes(episodes: Sequence[host_lib.EpisodeRollout]) -> list[EpisodeOutcome]:
   """Every process's episodes, by episode index, as `EpisodeOutcome`s."""
   local = [EpisodeOutcome(e.episode,
                           dataclasses.replace(e.result, trajectory=(), memories=()),
-                          tuple(len(ids) for ids in e.response_token_ids))
+                          tuple(len(ids) for ids in e.response_token_ids),
+                          tuple(m.text for m in e.result.memories))
            for e in episodes]
   return sorted((outcome for part in allgather_objects(local) for outcome in part),
                 key=lambda outcome: outcome.episode)

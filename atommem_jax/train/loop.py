@@ -54,12 +54,13 @@ def _store_evaluation(workdir: str, evaluations: dict, name: str, summary: dict)
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
   """A plain-text table of evaluation summaries (one row per policy)."""
-  columns = ("exact_match", "f1", "creates", "reads", "updates", "deletes", "store_size",
-             "invalid")
-  lines = [f"{'policy':<22}" + "".join(f"{c:>12}" for c in columns)]
+  columns = ("exact_match", "answer_in_store", "f1", "creates", "reads", "updates", "deletes",
+             "store_size", "invalid")
+  widths = [max(12, len(c) + 1) for c in columns]
+  lines = [f"{'policy':<22}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
   for name, summary in rows:
-    lines.append(f"{name:<22}" + "".join(f"{summary.get(c, float('nan')):>12.3f}"
-                                         for c in columns))
+    lines.append(f"{name:<22}" + "".join(f"{summary.get(c, float('nan')):>{w}.3f}"
+                                         for c, w in zip(columns, widths)))
   return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ import tqdm
 
 from atommem_jax import config_lib
 from atommem_jax import fileio
+from atommem_jax.agent import reward as reward_lib
 from atommem_jax.agent import stats as stats_lib
 from atommem_jax.rollout import episode as episode_lib
 from atommem_jax.train import batch as batch_lib
@@ -59,6 +60,7 @@ def optimizer_config(section) -> state_lib.OptimizerConfig:
                                    total_steps=max(section.steps, section.warmup_steps + 1),
                                    min_lr_ratio=section.min_lr_ratio,
                                    weight_decay=section.weight_decay,
+                                   b1=section.b1, b2=section.b2,
                                    grad_clip_norm=section.grad_clip or None)
 
 
@@ -269,12 +271,24 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
   return state.params
 
 
-def evaluation_summary(outcomes: list[distributed.EpisodeOutcome], seconds: float
-                       ) -> dict[str, float]:
-  """EM, F1, reward and operation usage of greedy evaluation episodes (of every process)."""
+def evaluation_summary(outcomes: list[distributed.EpisodeOutcome], seconds: float,
+                       contexts=()) -> dict[str, float]:
+  """EM, F1, reward and operation usage of greedy evaluation episodes (of every process).
+
+  With the episodes' `contexts` (matched by id), also `answer_in_store`: the share of
+  questions whose gold answer is in the final store, what EM would be if every answer were
+  read off the store correctly.
+  """
   results = [outcome.result for outcome in outcomes]
   usage = stats_lib.summarize([r.stats for r in results])
+  recall = {}
+  if contexts:
+    by_id = {context.id: context for context in contexts}
+    recall["answer_in_store"] = float(np.mean([
+        reward_lib.answer_in_texts(question.answers, outcome.final_memories)
+        for outcome in outcomes for question in by_id[outcome.result.context_id].questions]))
   return {"exact_match": float(np.mean([em for r in results for em in r.exact_match])),
+          **recall,
           "f1": float(np.mean([f for r in results for f in r.f1])),
           "reward": float(np.mean([r.reward for r in results])),
           "creates": usage["creates"], "reads": usage["reads"], "updates": usage["updates"],
@@ -294,9 +308,10 @@ def make_evaluator(job: Job, contexts, env_config=None) -> Evaluator:
                          jax.random.key(job.config.seed))
       outcomes += distributed.gather_outcomes(rollout.episodes)
       seconds += rollout.seconds
-    summary = evaluation_summary(outcomes, seconds)
+    summary = evaluation_summary(outcomes, seconds, contexts)
     job.writer.write(step, summary, prefix=f"eval/{name}/")
-    job.log(f"eval {name}: EM {summary['exact_match']:.3f} F1 {summary['f1']:.3f} "
+    job.log(f"eval {name}: EM {summary['exact_match']:.3f} F1 {summary['f1']:.3f}, answer in "
+            f"store {summary['answer_in_store']:.3f} "
             f"(creates {summary['creates']:.2f}, updates {summary['updates']:.2f}, "
             f"invalid {summary['invalid']:.2f} per episode; {seconds:.0f}s)")
     return summary
