@@ -69,6 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
       steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20,
       schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
       grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0,
+      # Repeat-the-text examples mixed in, per training context (0: none), of copy_span_tokens.
+      copy_examples_per_context=0, copy_span_tokens=96,
       # Repeats of the oracle steps that carry each action (1: as generated).
       oversample=ml_collections.ConfigDict(dict(
           scratchpad=1, read=1, create=1, update=1, delete=1, answer=1))))
@@ -141,6 +143,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for field in ("b1", "b2"):
       if not 0 <= c[section][field] < 1:
         _fail(f"{section}.{field}", c[section][field], "in [0, 1) (Adam moment decay)")
+  if c.sft.copy_examples_per_context < 0:
+    _fail("sft.copy_examples_per_context", c.sft.copy_examples_per_context,
+          "a whole number >= 0 (0: no repeat-the-text examples)")
+  if c.sft.copy_span_tokens < 1:
+    _fail("sft.copy_span_tokens", c.sft.copy_span_tokens, ">= 1 tokens")
   if c.sft.prompt_loss_weight < 0:
     _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
   for name, count in c.sft.oversample.items():

@@ -386,6 +386,15 @@ def test_adam_betas_reach_the_optimizer_and_bad_ones_name_the_field():
       config_lib.validate(bad)
 
 
+@pytest.mark.parametrize("field,value", [("copy_examples_per_context", -1),
+                                         ("copy_span_tokens", 0)])
+def test_sft_copy_example_fields_are_validated_with_the_field_named(field, value):
+  c = config_lib.load_config_file("tiny")
+  c.sft[field] = value
+  with pytest.raises(config_lib.ConfigError, match=f"sft.{field}"):
+    config_lib.validate(c)
+
+
 def test_sft_oversample_counts_are_validated_with_the_field_named():
   from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
   c = config_lib.load_config_file("tiny")

@@ -181,3 +181,31 @@ def test_oversampled_oracle_examples_repeat_the_steps_that_carry_the_action():
     sft_data.oracle_examples(contexts, config, tokenizer, embedder, oversample={"add": 2})
   with pytest.raises(ValueError, match="'create'"):
     sft_data.oracle_examples(contexts, config, tokenizer, embedder, oversample={"create": 0})
+
+
+def test_copy_examples_repeat_a_span_of_the_rendered_context():
+  """sft_data.copy_examples: per context, a span of the tokenized rendered documents as the
+  prompt and the same span plus EOS as the response; spans move with the seed; contexts
+  shorter than the span give the whole context."""
+  from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
+  contexts = synthetic.generate_synthetic(8, seed=5, num_entities=4, num_cities=3, num_docs=6,
+                                          hops=1, num_updates=1, doc_length=4)
+  tokenizer = _tokenizer()
+  examples = sft_data.copy_examples(contexts, tokenizer, 40, seed=0)
+  assert len(examples) == len(contexts)
+  starts = []
+  for context, example in zip(contexts, examples):
+    ids = tokenizer.encode(multihop.render_context(context.documents), add_special_tokens=False)
+    span = list(example.prompt_ids)
+    assert len(span) == 40 and list(example.response_ids) == span + [tokenizer.eos_token_id]
+    start = next(i for i in range(len(ids) - 39) if ids[i:i + 40] == span)
+    starts.append(start)
+    assert tokenizer.decode(span) in multihop.render_context(context.documents)
+  assert len(set(starts)) > 1  # random starts, not always the head
+  moved = sft_data.copy_examples(contexts, tokenizer, 40, seed=1)
+  assert [e.prompt_ids for e in moved] != [e.prompt_ids for e in examples]
+  whole = sft_data.copy_examples(contexts[:1], tokenizer, 100_000, seed=0)[0]
+  assert list(whole.prompt_ids) == tokenizer.encode(
+      multihop.render_context(contexts[0].documents), add_special_tokens=False)
+  with pytest.raises(ValueError, match="span_tokens"):
+    sft_data.copy_examples(contexts, tokenizer, 0, seed=0)

@@ -99,6 +99,29 @@ def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_li
   return examples, float(np.mean([result.reward for result in results]))
 
 
+def copy_examples(contexts: Sequence[multihop.LongContext], tokenizer, span_tokens: int,
+                  seed: int) -> list[Example]:
+  """One repeat-the-text example per context: a random span of `span_tokens` tokens of the
+  rendered context as the prompt, the same span again (then EOS) as the response.
+
+  Every response token is predictable only by finding where the prompt said it: the
+  copy-from-context skill (an induction head) that the memory actions need, given a dense
+  signal. The span starts at a random token (from `seed`), so every document position is
+  shown.
+  """
+  if span_tokens < 1:
+    raise ValueError(f"copy_examples: span_tokens={span_tokens}; give a length >= 1")
+  rng = np.random.default_rng(seed)
+  eos = tokenizer.eos_token_id
+  examples = []
+  for context in contexts:
+    ids = tokenizer.encode(multihop.render_context(context.documents), add_special_tokens=False)
+    start = int(rng.integers(0, max(len(ids) - span_tokens, 0) + 1))
+    span = ids[start:start + span_tokens]
+    examples.append(Example(span, span + [eos]))
+  return examples
+
+
 def _repeats_by_kind(oversample: Mapping[str, int]) -> dict[actions_lib.ActionKind, int]:
   unknown = sorted(set(oversample) - set(OVERSAMPLE_KINDS))
   if unknown:

@@ -118,17 +118,26 @@ def train_buckets(job: Job) -> tuple[int, ...]:
 
 
 def sft_examples(job: Job, contexts) -> list[batch_lib.Example]:
-  """Oracle trajectories of the training contexts, or data.sft_file when set."""
+  """Oracle trajectories of the training contexts (or data.sft_file when set), then the
+  repeat-the-text examples of sft.copy_examples_per_context, if any."""
+  c = job.config.sft
   if job.config.data.sft_file:
-    return sft_data.file_examples(job.config.data.sft_file, job.tokenizer)
-  oversample = dict(job.config.sft.oversample)
-  examples, reward = sft_data.oracle_examples(contexts, job.env_config, job.tokenizer,
-                                              job.embedder, oversample=oversample)
-  repeated = {name: count for name, count in oversample.items() if count > 1}
-  job.log(f"sft: {len(examples)} oracle steps from {len(contexts)} contexts "
-          f"(oracle reward {reward:.3f})" + (f", steps with {repeated} repeated" if repeated
-                                             else ""))
-  return examples
+    examples = sft_data.file_examples(job.config.data.sft_file, job.tokenizer)
+  else:
+    oversample = dict(c.oversample)
+    examples, reward = sft_data.oracle_examples(contexts, job.env_config, job.tokenizer,
+                                                job.embedder, oversample=oversample)
+    repeated = {name: count for name, count in oversample.items() if count > 1}
+    job.log(f"sft: {len(examples)} oracle steps from {len(contexts)} contexts "
+            f"(oracle reward {reward:.3f})" + (f", steps with {repeated} repeated" if repeated
+                                               else ""))
+  copies = [example for repeat in range(c.copy_examples_per_context)
+            for example in sft_data.copy_examples(contexts, job.tokenizer, c.copy_span_tokens,
+                                                  seed=job.config.seed * 1000 + repeat)]
+  if copies:
+    job.log(f"sft: {len(copies)} repeat-the-text examples of {c.copy_span_tokens} tokens "
+            "mixed in")
+  return examples + copies
 
 
 def _sft_batch(job: Job, examples, step: int) -> batch_lib.TrainBatch:
