@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
       schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
       grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0,
       # Repeat-the-text examples mixed in, per training context (0: none), of copy_span_tokens.
-      copy_examples_per_context=0, copy_span_tokens=96,
+      copy_examples_per_context=0, copy_span_tokens=96, copy_sentence_per_line=False,
       # Repeats of the oracle steps that carry each action (1: as generated).
       oversample=ml_collections.ConfigDict(dict(
           scratchpad=1, read=1, create=1, update=1, delete=1, answer=1))))

@@ -193,10 +193,11 @@ def answer_recall(context, rollout) -> tuple[list[float], list[float]]:
 def dataset_summary(contexts, rollouts, seconds: float) -> dict:
   """EM / F1 / reward means, answer recall, sizes and operation usage of one dataset's episodes.
 
-  answer_in_store: share of questions whose gold answer is in the final store;
+  answer_in_store: share of questions whose gold answer occurs in the final store;
   answer_retrieved: share whose gold answer was among the memories their answer steps read.
-  EM below them means the policy had the answer and did not give it; EM near them means
-  what it failed at was storing or finding it.
+  Both are upper bounds (a memory about something else that names the answer also counts).
+  EM far below them means the policy did not give an answer it could have read; EM near them
+  means what it failed at was storing or finding it.
   """
   from atommem_jax.agent import stats  # pylint: disable=g-import-not-at-top
   exact_match = [em for r in rollouts for em in r.result.exact_match]

@@ -209,3 +209,11 @@ def test_copy_examples_repeat_a_span_of_the_rendered_context():
       multihop.render_context(contexts[0].documents), add_special_tokens=False)
   with pytest.raises(ValueError, match="span_tokens"):
     sft_data.copy_examples(contexts, tokenizer, 0, seed=0)
+  # sentence_per_line: the same spans, copied back with every sentence on its own line.
+  lines = sft_data.copy_examples(contexts, tokenizer, 40, seed=0, sentence_per_line=True)
+  for plain, example in zip(examples, lines):
+    assert example.prompt_ids == plain.prompt_ids
+    text = tokenizer.decode(plain.prompt_ids)
+    assert ". " in text  # 40 tokens of these documents always hold a sentence end
+    assert tokenizer.decode(example.response_ids[:-1]) == text.replace(". ", ".\n")
+    assert example.response_ids[-1] == tokenizer.eos_token_id

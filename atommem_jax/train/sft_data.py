@@ -100,7 +100,7 @@ def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_li
 
 
 def copy_examples(contexts: Sequence[multihop.LongContext], tokenizer, span_tokens: int,
-                  seed: int) -> list[Example]:
+                  seed: int, sentence_per_line: bool = False) -> list[Example]:
   """One repeat-the-text example per context: a random span of `span_tokens` tokens of the
   rendered context as the prompt, the same span again (then EOS) as the response.
 
@@ -118,7 +118,11 @@ def copy_examples(contexts: Sequence[multihop.LongContext], tokenizer, span_toke
     ids = tokenizer.encode(multihop.render_context(context.documents), add_special_tokens=False)
     start = int(rng.integers(0, max(len(ids) - span_tokens, 0) + 1))
     span = ids[start:start + span_tokens]
-    examples.append(Example(span, span + [eos]))
+    if sentence_per_line:  # the copy starts each sentence on a new line: " Name" -> "Name"
+      text = tokenizer.decode(span).replace(". ", ".\n")
+      examples.append(Example(span, tokenizer.encode(text, add_special_tokens=False) + [eos]))
+    else:
+      examples.append(Example(span, span + [eos]))
   return examples
 
 

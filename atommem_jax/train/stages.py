@@ -132,8 +132,9 @@ def sft_examples(job: Job, contexts) -> list[batch_lib.Example]:
             f"(oracle reward {reward:.3f})" + (f", steps with {repeated} repeated" if repeated
                                                else ""))
   copies = [example for repeat in range(c.copy_examples_per_context)
-            for example in sft_data.copy_examples(contexts, job.tokenizer, c.copy_span_tokens,
-                                                  seed=job.config.seed * 1000 + repeat)]
+            for example in sft_data.copy_examples(
+                contexts, job.tokenizer, c.copy_span_tokens, seed=job.config.seed * 1000 + repeat,
+                sentence_per_line=c.copy_sentence_per_line)]
   if copies:
     job.log(f"sft: {len(copies)} repeat-the-text examples of {c.copy_span_tokens} tokens "
             "mixed in")
@@ -285,8 +286,8 @@ def evaluation_summary(outcomes: list[distributed.EpisodeOutcome], seconds: floa
   """EM, F1, reward and operation usage of greedy evaluation episodes (of every process).
 
   With the episodes' `contexts` (matched by id), also `answer_in_store`: the share of
-  questions whose gold answer is in the final store, what EM would be if every answer were
-  read off the store correctly.
+  questions whose gold answer occurs in the final store, an upper bound on the EM of reading
+  answers off the store (a memory about something else that names the answer also counts).
   """
   results = [outcome.result for outcome in outcomes]
   usage = stats_lib.summarize([r.stats for r in results])
