@@ -191,7 +191,7 @@ def test_copy_examples_repeat_a_span_of_the_rendered_context():
   contexts = synthetic.generate_synthetic(8, seed=5, num_entities=4, num_cities=3, num_docs=6,
                                           hops=1, num_updates=1, doc_length=4)
   tokenizer = _tokenizer()
-  examples = sft_data.copy_examples(contexts, tokenizer, 40, seed=0)
+  examples = sft_data.copy_examples(contexts, tokenizer, 40, seeds=[0])
   assert len(examples) == len(contexts)
   starts = []
   for context, example in zip(contexts, examples):
@@ -202,15 +202,18 @@ def test_copy_examples_repeat_a_span_of_the_rendered_context():
     starts.append(start)
     assert tokenizer.decode(span) in multihop.render_context(context.documents)
   assert len(set(starts)) > 1  # random starts, not always the head
-  moved = sft_data.copy_examples(contexts, tokenizer, 40, seed=1)
+  moved = sft_data.copy_examples(contexts, tokenizer, 40, seeds=[1])
   assert [e.prompt_ids for e in moved] != [e.prompt_ids for e in examples]
-  whole = sft_data.copy_examples(contexts[:1], tokenizer, 100_000, seed=0)[0]
+  # Several seeds: seed by seed, each the same as on its own.
+  assert sft_data.copy_examples(contexts, tokenizer, 40, seeds=[0, 1]) == examples + moved
+  assert sft_data.copy_examples(contexts, tokenizer, 40, seeds=[]) == []
+  whole = sft_data.copy_examples(contexts[:1], tokenizer, 100_000, seeds=[0])[0]
   assert list(whole.prompt_ids) == tokenizer.encode(
       multihop.render_context(contexts[0].documents), add_special_tokens=False)
   with pytest.raises(ValueError, match="span_tokens"):
-    sft_data.copy_examples(contexts, tokenizer, 0, seed=0)
+    sft_data.copy_examples(contexts, tokenizer, 0, seeds=[0])
   # sentence_per_line: the same spans, copied back with every sentence on its own line.
-  lines = sft_data.copy_examples(contexts, tokenizer, 40, seed=0, sentence_per_line=True)
+  lines = sft_data.copy_examples(contexts, tokenizer, 40, seeds=[0], sentence_per_line=True)
   for plain, example in zip(examples, lines):
     assert example.prompt_ids == plain.prompt_ids
     text = tokenizer.decode(plain.prompt_ids)

@@ -100,29 +100,32 @@ def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_li
 
 
 def copy_examples(contexts: Sequence[multihop.LongContext], tokenizer, span_tokens: int,
-                  seed: int, sentence_per_line: bool = False) -> list[Example]:
-  """One repeat-the-text example per context: a random span of `span_tokens` tokens of the
-  rendered context as the prompt, the same span again (then EOS) as the response.
+                  seeds: Sequence[int], sentence_per_line: bool = False) -> list[Example]:
+  """Repeat-the-text examples, one per context and seed (seed by seed, contexts in order): a
+  random span of `span_tokens` tokens of the rendered context as the prompt, the same span
+  again (then EOS) as the response.
 
   Every response token is predictable only by finding where the prompt said it: the
   copy-from-context skill (an induction head) that the memory actions need, given a dense
-  signal. The span starts at a random token (from `seed`), so every document position is
-  shown.
+  signal. The span starts at a random token (each seed its own generator, drawn in context
+  order), so every document position is shown. Each context is tokenized once.
   """
   if span_tokens < 1:
     raise ValueError(f"copy_examples: span_tokens={span_tokens}; give a length >= 1")
-  rng = np.random.default_rng(seed)
   eos = tokenizer.eos_token_id
+  rendered = [tokenizer.encode(multihop.render_context(context.documents),
+                               add_special_tokens=False) for context in contexts] if seeds else []
   examples = []
-  for context in contexts:
-    ids = tokenizer.encode(multihop.render_context(context.documents), add_special_tokens=False)
-    start = int(rng.integers(0, max(len(ids) - span_tokens, 0) + 1))
-    span = ids[start:start + span_tokens]
-    if sentence_per_line:  # the copy starts each sentence on a new line: " Name" -> "Name"
-      text = tokenizer.decode(span).replace(". ", ".\n")
-      examples.append(Example(span, tokenizer.encode(text, add_special_tokens=False) + [eos]))
-    else:
-      examples.append(Example(span, span + [eos]))
+  for seed in seeds:
+    rng = np.random.default_rng(seed)
+    for ids in rendered:
+      start = int(rng.integers(0, max(len(ids) - span_tokens, 0) + 1))
+      span = ids[start:start + span_tokens]
+      if sentence_per_line:  # the copy starts each sentence on a new line: " Name" -> "Name"
+        text = tokenizer.decode(span).replace(". ", ".\n")
+        examples.append(Example(span, tokenizer.encode(text, add_special_tokens=False) + [eos]))
+      else:
+        examples.append(Example(span, span + [eos]))
   return examples
 
 

@@ -131,10 +131,10 @@ def sft_examples(job: Job, contexts) -> list[batch_lib.Example]:
     job.log(f"sft: {len(examples)} oracle steps from {len(contexts)} contexts "
             f"(oracle reward {reward:.3f})" + (f", steps with {repeated} repeated" if repeated
                                                else ""))
-  copies = [example for repeat in range(c.copy_examples_per_context)
-            for example in sft_data.copy_examples(
-                contexts, job.tokenizer, c.copy_span_tokens, seed=job.config.seed * 1000 + repeat,
-                sentence_per_line=c.copy_sentence_per_line)]
+  copies = sft_data.copy_examples(
+      contexts, job.tokenizer, c.copy_span_tokens,
+      seeds=[job.config.seed * 1000 + repeat for repeat in range(c.copy_examples_per_context)],
+      sentence_per_line=c.copy_sentence_per_line)
   if copies:
     job.log(f"sft: {len(copies)} repeat-the-text examples of {c.copy_span_tokens} tokens "
             "mixed in")
@@ -282,23 +282,20 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
 
 
 def evaluation_summary(outcomes: list[distributed.EpisodeOutcome], seconds: float,
-                       contexts=()) -> dict[str, float]:
+                       contexts) -> dict[str, float]:
   """EM, F1, reward and operation usage of greedy evaluation episodes (of every process).
 
-  With the episodes' `contexts` (matched by id), also `answer_in_store`: the share of
-  questions whose gold answer occurs in the final store, an upper bound on the EM of reading
-  answers off the store (a memory about something else that names the answer also counts).
+  Also `answer_in_store`: the share of questions (of the episodes' `contexts`, matched by id)
+  whose gold answer occurs in the final store, an upper bound on the EM of reading answers
+  off the store (a memory about something else that names the answer also counts).
   """
   results = [outcome.result for outcome in outcomes]
   usage = stats_lib.summarize([r.stats for r in results])
-  recall = {}
-  if contexts:
-    by_id = {context.id: context for context in contexts}
-    recall["answer_in_store"] = float(np.mean([
-        reward_lib.answer_in_texts(question.answers, outcome.final_memories)
-        for outcome in outcomes for question in by_id[outcome.result.context_id].questions]))
+  by_id = {context.id: context for context in contexts}
+  in_store = [reward_lib.answer_in_texts(question.answers, outcome.final_memories)
+              for outcome in outcomes for question in by_id[outcome.result.context_id].questions]
   return {"exact_match": float(np.mean([em for r in results for em in r.exact_match])),
-          **recall,
+          "answer_in_store": float(np.mean(in_store)),
           "f1": float(np.mean([f for r in results for f in r.f1])),
           "reward": float(np.mean([r.reward for r in results])),
           "creates": usage["creates"], "reads": usage["reads"], "updates": usage["updates"],
