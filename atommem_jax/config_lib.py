@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0,
       # Repeat-the-text examples mixed in, per training context (0: none), of copy_span_tokens.
       copy_examples_per_context=0, copy_span_tokens=96, copy_sentence_per_line=False,
+      # How the oracle writes its answers: "\\boxed{ text}" (see actions.render_actions), and
+      # after a <think> block citing the supporting sentences (see oracle.OraclePolicy).
+      oracle_boxed_space=False, oracle_cite_evidence=False,
       # Repeats of the oracle steps that carry each action (1: as generated).
       oversample=ml_collections.ConfigDict(dict(
           scratchpad=1, read=1, create=1, update=1, delete=1, answer=1))))
@@ -203,6 +206,11 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
 
 # EnvConfig's action switches; the env section names them `enable_<switch>`.
 ACTION_SWITCHES = ("scratchpad", "store", "create", "read", "update", "delete")
+
+
+def oracle_options(c: ml_collections.ConfigDict) -> dict[str, bool]:
+  """Keyword arguments of `oracle.OraclePolicy` from the sft section: how it writes answers."""
+  return dict(boxed_space=c.sft.oracle_boxed_space, cite_evidence=c.sft.oracle_cite_evidence)
 
 
 def env_config(c: ml_collections.ConfigDict):

@@ -150,8 +150,11 @@ def _make_loop(config, tokenizer, model_config, mesh):
   from atommem_jax.rollout import episode  # pylint: disable=g-import-not-at-top
   from atommem_jax.rollout import host  # pylint: disable=g-import-not-at-top
   env_config = config_lib.env_config(config)
-  policies = {"oracle": lambda: oracle.OraclePolicy(enabled=env_config.enabled_actions),
-              "memagent": lambda: oracle.MemAgentPolicy(tokenizer)}
+  options = config_lib.oracle_options(config)
+  policies = {"oracle": lambda: oracle.OraclePolicy(enabled=env_config.enabled_actions,
+                                                    **options),
+              "memagent": lambda: oracle.MemAgentPolicy(tokenizer,
+                                                        boxed_space=options["boxed_space"])}
   make_policy = policies.get(_POLICY.value)
   sampling = config_lib.sampling_config(config, eos_ids=host.eos_token_ids(tokenizer),
                                         pad_id=tokenizer.pad_token_id, greedy=True)

@@ -89,6 +89,21 @@ def test_render_then_parse_round_trips(valid, separator):
   assert parse_response(spaced, num_retrieved=num_retrieved).actions == actions
 
 
+@settings(max_examples=100, deadline=None)
+@given(_valid_actions())
+def test_boxed_space_changes_only_the_answer_text_and_round_trips(valid):
+  actions, num_retrieved = valid
+  spaced = render_actions(actions, boxed_space=True)
+  assert spaced == render_actions(actions).replace("\\boxed{", "\\boxed{ ")
+  parsed = parse_response(spaced, num_retrieved=num_retrieved, max_content_chars=10_000)
+  assert parsed.actions == actions and parsed.problems == ()
+
+
+def test_boxed_space_form():
+  assert (render_actions([Action(K.ANSWER, "Fasu")], boxed_space=True)
+          == "<final_answer>\\boxed{ Fasu}</final_answer>")
+
+
 def test_answer_with_nested_braces_round_trips():
   actions = (Action(K.ANSWER, r"\text{a {b}} c"),)
   parsed = parse_response(render_actions(actions), num_retrieved=0)

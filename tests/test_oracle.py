@@ -95,6 +95,46 @@ def test_oracle_cannot_answer_what_retrieval_does_not_show():
   assert _exact_match(results) == 0.0
 
 
+def test_answer_styles_change_only_how_the_teachers_write_answers():
+  """boxed_space writes "\\boxed{ X}"; cite_evidence puts "<think> SENTENCES</think>" (the
+  question's chain facts, which the prompt shows) before a known answer. Actions, prompts,
+  answers and rewards stay those of the plain oracle."""
+  contexts = synthetic.generate_synthetic(6, seed=4, num_entities=6, num_docs=10, hops=2,
+                                          num_updates=2, questions_per_context=2)
+  plain = oracle.run_episodes(_env(), oracle.OraclePolicy(), contexts)
+  styled = oracle.run_episodes(_env(), oracle.OraclePolicy(boxed_space=True,
+                                                          cite_evidence=True), contexts)
+  cited = 0
+  for context, a, b in zip(contexts, plain, styled):
+    assert (a.answers, a.exact_match, a.reward) == (b.answers, b.exact_match, b.reward)
+    assert b.stats.num_invalid == 0
+    answered = 0
+    for turn_a, turn_b in zip(a.trajectory, b.trajectory, strict=True):
+      assert (turn_b.prompt_text, turn_b.actions) == (turn_a.prompt_text, turn_a.actions)
+      expected = turn_a.response.replace("\\boxed{", "\\boxed{ ")
+      if "\\boxed{" in turn_a.response and "{unknown}" not in turn_a.response:
+        question = context.questions[answered].question
+        assert question in turn_a.prompt_text
+        chain = " ".join(f.text for f in context.evidence[answered].chain)
+        assert all(f.text in turn_a.prompt_text for f in context.evidence[answered].chain)
+        expected = f"<think> {chain}</think>\n" + expected
+        cited += 1
+      answered += "\\boxed{" in turn_a.response
+      assert turn_b.response == expected
+    assert answered == len(context.questions)
+  assert cited > 0
+  memagent = oracle.run_episodes(_env(store=False),
+                                 oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=400),
+                                 contexts)
+  memagent_spaced = oracle.run_episodes(
+      _env(store=False), oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=400,
+                                               boxed_space=True), contexts)
+  for a, b in zip(memagent, memagent_spaced):
+    assert a.answers == b.answers
+    assert [t.response.replace("\\boxed{", "\\boxed{ ") for t in a.trajectory] == [
+        t.response for t in b.trajectory]
+
+
 def test_oracle_and_memagent_on_synthetic_updates():
   contexts = synthetic.generate_synthetic(12, seed=3, num_entities=10, num_docs=24, hops=3,
                                           num_updates=6, questions_per_context=3)
@@ -181,6 +221,19 @@ def test_oversampled_oracle_examples_repeat_the_steps_that_carry_the_action():
     sft_data.oracle_examples(contexts, config, tokenizer, embedder, oversample={"add": 2})
   with pytest.raises(ValueError, match="'create'"):
     sft_data.oracle_examples(contexts, config, tokenizer, embedder, oversample={"create": 0})
+  # oracle_options reach the teacher: the same steps, with its answers written in its style.
+  styled, _ = sft_data.oracle_examples(contexts, config, tokenizer, embedder,
+                                       oracle_options=dict(boxed_space=True,
+                                                           cite_evidence=True))
+  texts = [(tokenizer.decode(e.prompt_ids), tokenizer.decode(e.response_ids)) for e in plain]
+  styled_texts = [(tokenizer.decode(e.prompt_ids), tokenizer.decode(e.response_ids))
+                  for e in styled]
+  assert [p for p, _ in styled_texts] == [p for p, _ in texts]
+  answers = [(r, s) for (_, r), (_, s) in zip(texts, styled_texts) if r != s]
+  assert len(answers) == len(contexts)  # one known answer each
+  for plain_text, styled_text in answers:
+    assert styled_text.startswith("<think> ")
+    assert styled_text.endswith(plain_text.replace("\\boxed{", "\\boxed{ "))
 
 
 def test_copy_examples_repeat_a_span_of_the_rendered_context():

@@ -125,16 +125,19 @@ def parse_response(text: str, *, num_retrieved: int, max_content_chars: int = 40
   return ParsedResponse(_deduplicate(candidates, problems), tuple(problems))
 
 
-def render_actions(actions: Sequence[Action]) -> str:
-  """Canonical text of `actions`, one per line.
+def render_actions(actions: Sequence[Action], *, boxed_space: bool = False) -> str:
+  r"""Canonical text of `actions`, one per line.
 
   For a valid sequence (at most one SCRATCHPAD/READ/ANSWER, distinct UPDATE/DELETE
   indices) `parse_response(render_actions(a), ...).actions == tuple(a)`. Raises ValueError
   for an action that would not parse back to itself (e.g. text with action tags in it).
+  `boxed_space`: an ANSWER is written `\boxed{ text}`, with a space that parsing strips again
+  (for a BPE whose words carry their leading space: the answer is then the same token as
+  the word in a memory sentence).
   """
   pieces = []
   for action in actions:
-    piece = _render_one(action)
+    piece = _render_one(action, boxed_space)
     reparsed = parse_response(piece, num_retrieved=action.memory_index or 0,
                               max_content_chars=sys.maxsize)
     if reparsed.actions != (action,) or reparsed.problems:
@@ -147,14 +150,14 @@ def render_actions(actions: Sequence[Action]) -> str:
   return "\n".join(pieces)
 
 
-def _render_one(action: Action) -> str:
+def _render_one(action: Action, boxed_space: bool) -> str:
   tag = action.kind.value
   if action.kind is ActionKind.UPDATE:
     body = f"Memory {action.memory_index}: {action.text}"
   elif action.kind is ActionKind.DELETE:
     body = f"Memory {action.memory_index}"
   elif action.kind is ActionKind.ANSWER:
-    body = f"\\boxed{{{action.text}}}"
+    body = f"\\boxed{{{' ' if boxed_space else ''}{action.text}}}"
   else:
     body = action.text
   return f"<{tag}>{body}</{tag}>"

@@ -170,16 +170,24 @@ class OraclePolicy:
       READ, CREATE and UPDATE (or DELETE), superseding facts are stored as new entries.
     supersede: "update" (Update the stale entry) or "delete" (Delete it, Create the new).
     entry_chars: longest entry text; a document's sentences are packed into entries.
+    boxed_space: answers are written `\\boxed{ text}` (see `actions.render_actions`).
+    cite_evidence: a known answer is preceded by `<think> SENTENCES</think>`: the supporting
+      sentences (latest versions, chain order), as the memories shown hold them, after a
+      space so that a BPE gives their words the same tokens as there. The parser drops
+      `<think>` blocks: the citation is only read by the model's own next tokens.
   """
 
   def __init__(self, *, enabled: frozenset[ActionKind] = ALL_KINDS, supersede: str = "update",
-               entry_chars: int = 2000):
+               entry_chars: int = 2000, boxed_space: bool = False,
+               cite_evidence: bool = False):
     if supersede not in ("update", "delete"):
       raise ValueError(f"supersede={supersede!r} must be 'update' or 'delete'")
     edit = ActionKind.UPDATE if supersede == "update" else ActionKind.DELETE
     self.enabled = enabled
     self.supersede = supersede
     self.entry_chars = entry_chars
+    self.boxed_space = boxed_space
+    self.cite_evidence = cite_evidence
     self._can_replace = {ActionKind.READ, ActionKind.CREATE, edit} <= enabled
     self._states: list[_OracleState] = []
 
@@ -188,7 +196,17 @@ class OraclePolicy:
                     for c in contexts]
 
   def act(self, observations: Sequence[env_lib.Observation]) -> list[str]:
-    return [render_actions(self._act(self._states[o.episode], o)) for o in observations]
+    return [self._respond(self._states[o.episode], o) for o in observations]
+
+  def _respond(self, state: _OracleState, observation: env_lib.Observation) -> str:
+    actions = self._act(state, observation)
+    text = render_actions(actions, boxed_space=self.boxed_space)
+    if (self.cite_evidence and [a.kind for a in actions] == [ActionKind.ANSWER]
+        and actions[0].text != UNKNOWN_ANSWER):
+      units = state.gold.required[observation.question_index]
+      evidence = " ".join(state.gold.units[u].text for u in units)
+      text = f"<think> {evidence}</think>\n{text}"
+    return text
 
   def _act(self, state: _OracleState, observation: env_lib.Observation) -> list[Action]:
     if observation.phase == env_lib.ANSWER_PHASE:
@@ -303,18 +321,21 @@ class MemAgentPolicy:
   Args:
     tokenizer: counts the scratchpad's tokens.
     scratchpad_tokens: scratchpad budget; the oldest facts are dropped past it.
+    boxed_space: answers are written `\\boxed{ text}` (see `actions.render_actions`).
   """
 
-  def __init__(self, tokenizer, *, scratchpad_tokens: int = 1024):
+  def __init__(self, tokenizer, *, scratchpad_tokens: int = 1024, boxed_space: bool = False):
     self.tokenizer = tokenizer
     self.scratchpad_tokens = scratchpad_tokens
+    self.boxed_space = boxed_space
     self._states: list[_MemAgentState] = []
 
   def reset(self, contexts: Sequence[LongContext]) -> None:
     self._states = [_MemAgentState(c, gold_facts(c)) for c in contexts]
 
   def act(self, observations: Sequence[env_lib.Observation]) -> list[str]:
-    return [render_actions([self._act(self._states[o.episode], o)]) for o in observations]
+    return [render_actions([self._act(self._states[o.episode], o)], boxed_space=self.boxed_space)
+            for o in observations]
 
   def _act(self, state: _MemAgentState, observation: env_lib.Observation) -> Action:
     if observation.phase == env_lib.ANSWER_PHASE:

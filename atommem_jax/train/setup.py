@@ -73,7 +73,8 @@ def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]
       with fileio.local_dir_to_write(directory) as local:
         sft_data.train_synthetic_tokenizer(
             contexts, vocab_size, env_config, embedder, local,
-            split_space_before_capitals=config.synthetic_tokenizer.split_space_before_capitals)
+            split_space_before_capitals=config.synthetic_tokenizer.split_space_before_capitals,
+            oracle_options=config_lib.oracle_options(config))
   else:
     directory = name
     if not fileio.isdir(directory):

@@ -56,19 +56,21 @@ def _document_texts(contexts: Sequence[multihop.LongContext]) -> list[str]:
 
 def train_synthetic_tokenizer(contexts: Sequence[multihop.LongContext], vocab_size: int,
                               env_config: env_lib.EnvConfig, embedder, out_dir: str, *,
-                              split_space_before_capitals: bool = False):
+                              split_space_before_capitals: bool = False,
+                              oracle_options: Mapping[str, bool] | None = None):
   """A BPE trained on documents, questions, and oracle prompts and responses; saved to out_dir.
 
   The prompts (system text, headers) only exist once a tokenizer chunks the context, so a
   first BPE on the documents drives a few oracle episodes whose texts join the corpus of
-  the final one. `split_space_before_capitals`: see `tokenizer.train_bpe_tokenizer`.
+  the final one. `split_space_before_capitals`: see `tokenizer.train_bpe_tokenizer`;
+  `oracle_options`: keyword arguments of the `oracle.OraclePolicy` whose texts are used.
   """
   texts = _document_texts(contexts)
   options = dict(split_space_before_capitals=split_space_before_capitals)
   draft = tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, **options)
   env = env_lib.MemoryEnv(env_config, draft, embedder)
-  results = oracle.run_episodes(env, oracle.OraclePolicy(enabled=env_config.enabled_actions),
-                                contexts[:_CORPUS_EPISODES])
+  policy = oracle.OraclePolicy(enabled=env_config.enabled_actions, **(oracle_options or {}))
+  results = oracle.run_episodes(env, policy, contexts[:_CORPUS_EPISODES])
   for result in results:
     for turn in result.trajectory:
       texts += [turn.prompt_text, turn.response]
@@ -76,18 +78,21 @@ def train_synthetic_tokenizer(contexts: Sequence[multihop.LongContext], vocab_si
 
 
 def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_lib.EnvConfig,
-                    tokenizer, embedder, oversample: Mapping[str, int] | None = None
+                    tokenizer, embedder, oversample: Mapping[str, int] | None = None,
+                    oracle_options: Mapping[str, bool] | None = None
                     ) -> tuple[list[Example], float]:
   """SFT examples (one per step, response ended by EOS) of the oracle, and its mean reward.
 
   `oversample` maps action names (`OVERSAMPLE_KINDS`: "create", "update", ...) to a repeat
   count: a step is listed as many times as the largest count among its actions (1 for the
   names not given), right after itself, so that an epoch holds it that many times.
+  `oracle_options`: keyword arguments of `oracle.OraclePolicy` (`boxed_space`,
+  `cite_evidence`: how it writes its answers).
   """
   repeats = _repeats_by_kind(oversample or {})
   env = env_lib.MemoryEnv(env_config, tokenizer, embedder)
-  results = oracle.run_episodes(env, oracle.OraclePolicy(enabled=env_config.enabled_actions),
-                                contexts)
+  policy = oracle.OraclePolicy(enabled=env_config.enabled_actions, **(oracle_options or {}))
+  results = oracle.run_episodes(env, policy, contexts)
   eos = tokenizer.eos_token_id
   examples = []
   for result in results:

@@ -126,7 +126,9 @@ def sft_examples(job: Job, contexts) -> list[batch_lib.Example]:
   else:
     oversample = dict(c.oversample)
     examples, reward = sft_data.oracle_examples(contexts, job.env_config, job.tokenizer,
-                                                job.embedder, oversample=oversample)
+                                                job.embedder, oversample=oversample,
+                                                oracle_options=config_lib.oracle_options(
+                                                    job.config))
     repeated = {name: count for name, count in oversample.items() if count > 1}
     job.log(f"sft: {len(examples)} oracle steps from {len(contexts)} contexts "
             f"(oracle reward {reward:.3f})" + (f", steps with {repeated} repeated" if repeated
