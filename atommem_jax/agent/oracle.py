@@ -174,7 +174,9 @@ class OraclePolicy:
     cite_evidence: a known answer is preceded by `<think> SENTENCES</think>`: the supporting
       sentences (latest versions, chain order), as the memories shown hold them, after a
       space so that a BPE gives their words the same tokens as there. The parser drops
-      `<think>` blocks: the citation is only read by the model's own next tokens.
+      `<think>` blocks: the citation is only read by the model's own next tokens. On real
+      benchmarks the units are every sentence of the gold documents, so a citation can
+      outgrow `EnvConfig.max_response_chars` (made for the synthetic task's one-fact chains).
   """
 
   def __init__(self, *, enabled: frozenset[ActionKind] = ALL_KINDS, supersede: str = "update",
