@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,36 @@ def test_train_end_to_end_and_export(tmp_path):
                           ("invalid", replay["operations"]["num_invalid"]),
                           ("store_size", replay["operations"]["final_store_size"])):
     assert replayed == pytest.approx(final[field]), field
+
+
+def test_a_rerun_keeps_the_cached_evaluations_of_kept_stages_only(tmp_path):
+  """evaluations.json caches each stage's evaluation; a stage that trains again (its
+  checkpoints deleted) is evaluated again instead of showing the old policy's row."""
+  workdir = str(tmp_path / "run")
+  command = _train_command(workdir, "--config.data.synthetic.eval_contexts=2")
+  assert _run(command).returncode == 0
+  path = os.path.join(workdir, "evaluations.json")
+  with open(path) as f:
+    first = json.load(f)
+  marked = {name: {**summary, "exact_match": 7.0} for name, summary in first.items()}
+  with open(path, "w") as f:
+    json.dump(marked, f)
+
+  result = _run(command)  # every stage complete: nothing trains, every row is the cache's
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(path) as f:
+    assert {name: s["exact_match"] for name, s in json.load(f).items()} == {
+        "init": 7.0, "sft": 7.0, "grpo": 7.0}
+
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "grpo"))
+  result = _run(command)  # GRPO trains again from the SFT checkpoint: its row is recomputed
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(path) as f:
+    again = json.load(f)
+  assert again["init"]["exact_match"] == again["sft"]["exact_match"] == 7.0
+  def untimed(summary: dict) -> dict:
+    return {field: value for field, value in summary.items() if field != "seconds"}
+  assert untimed(again["grpo"]) == untimed(first["grpo"])  # the same seed, the same policy
 
 
 def test_invalid_config_names_the_field(tmp_path):

@@ -2,7 +2,9 @@
 
 `run(config, workdir)` is what `python -m atommem_jax.train` calls. Evaluations (random
 init, after SFT, after GRPO) are cached in workdir/evaluations.json, so a resumed run does
-not repeat them; the final policy is exported to workdir/hf (or export.hf_dir).
+not repeat them; a stage that trains in this run drops its cached evaluation (and GRPO's,
+after SFT), so a rerun whose checkpoints were deleted never shows the old policy's row. The
+final policy is exported to workdir/hf (or export.hf_dir).
 
 The workdir may be a URL (gs://, s3://: `atommem_jax.fileio`). On several processes (hosts)
 every process calls `run` with the same config and a workdir on a shared file system or URL; process 0 prepares the workdir first and writes every file but the
@@ -52,6 +54,13 @@ def _store_evaluation(workdir: str, evaluations: dict, name: str, summary: dict)
     fileio.write_text(fileio.join(workdir, EVALUATIONS_FILE), json.dumps(evaluations, indent=2))
 
 
+def _forget_evaluations(workdir: str, evaluations: dict, names: tuple[str, ...]) -> None:
+  """Drops (on disk too, at once) the cached evaluations of stages about to be retrained."""
+  if any(evaluations.pop(name, None) is not None for name in names) and (
+      jax.process_index() == 0):
+    fileio.write_text(fileio.join(workdir, EVALUATIONS_FILE), json.dumps(evaluations, indent=2))
+
+
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
   """A plain-text table of evaluation summaries (one row per policy)."""
   columns = ("exact_match", "answer_in_store", "f1", "creates", "reads", "updates", "deletes",
@@ -91,6 +100,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   grpo_done = stages.stage_progress(job, stages.GRPO)
   if evaluate_init and "init" not in evaluations and sft_done == 0 and grpo_done == 0:
     evaluate_once("init", qwen3.init_params(job.model_config, init_key, job.mesh), 0)
+
+  if sft_steps and sft_done < sft_steps and grpo_done == 0:
+    _forget_evaluations(workdir, evaluations, ("sft", "grpo"))
+  if grpo_steps and grpo_done < grpo_steps:
+    _forget_evaluations(workdir, evaluations, ("grpo",))
 
   params = None
   if sft_steps and grpo_done == 0:
