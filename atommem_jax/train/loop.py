@@ -7,9 +7,10 @@ after SFT), so a rerun whose checkpoints were deleted never shows the old policy
 final policy is exported to workdir/hf (or export.hf_dir).
 
 The workdir may be a URL (gs://, s3://: `atommem_jax.fileio`). On several processes (hosts)
-every process calls `run` with the same config and a workdir on a shared file system or URL; process 0 prepares the workdir first and writes every file but the
-checkpoints (which each process writes its shards of), and every process follows process
-0's record of finished evaluations, so that all of them take the same steps.
+every process calls `run` with the same config and a workdir on a shared file system or URL;
+process 0 prepares the workdir first and writes every file but the checkpoints (which each
+process writes its shards of), and every process follows process 0's record of finished
+evaluations, so that all of them take the same steps.
 """
 
 from __future__ import annotations
