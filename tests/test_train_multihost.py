@@ -21,6 +21,9 @@ What is compared, and why it can be:
   (EM, F1, operation counts, number of episodes) combine both processes' episodes; EM is
   0 for so short a run, the episode count (all 4 held-out contexts) shows that evaluations
   count every process's episodes.
+- GRPO mini-batches (a separate probe): with num_minibatches > 1 each process splits its own
+  rows, so a 2-process update is compared with one process stepping through the same
+  mini-batches by hand, as grpo_update's docstring defines them.
 - Files: metrics.jsonl has the one-process run's records, each once (process 0 writes); only
   process 0 prints; the exported weights are the one-process run's.
 """
@@ -192,3 +195,104 @@ def test_distributed_helpers_on_two_processes(tmp_path):
     assert shown["first_writer"] == 0
     assert shown["data4"] == 2 and shown["data2_tensor2"] == 1
     assert "spans processes [0, 1]" in shown["tensor4"] and "mesh.tensor" in shown["tensor4"]
+
+
+_MINIBATCH_PROBE = textwrap.dedent("""\
+    import argparse, dataclasses, json, os
+    parser = argparse.ArgumentParser()
+    for flag in ("--config", "--workdir", "--coordinator_address"):
+      parser.add_argument(flag)
+    parser.add_argument("--num_processes", type=int, default=1)
+    parser.add_argument("--process_id", type=int, default=0)
+    args = parser.parse_args()
+    import jax
+    if args.num_processes > 1:
+      jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    import numpy as np
+    import optax
+    from atommem_jax.model import qwen3, sharding
+    from atommem_jax.model.config import Qwen3Config
+    from atommem_jax.train import batch as batch_lib, losses, state as state_lib, steps
+
+    config = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         head_dim=16, tie_word_embeddings=False, bos_token_id=None,
+                         eos_token_id=2, pad_token_id=0)
+    mesh = sharding.make_mesh((4, 1, 1))  # 2 batch shards on each of 2 processes
+    rng = np.random.RandomState(0)
+    examples = [batch_lib.Example(rng.randint(3, 64, rng.randint(2, 6)).tolist(),
+                                  rng.randint(3, 64, rng.randint(2, 7)).tolist(),
+                                  float(rng.choice([-1.0, 1.0]))) for _ in range(8)]
+    batch = batch_lib.pad_examples(examples, length=16)  # the 8 rows of both processes
+    noise = rng.uniform(-0.2, 0.2, batch.shape).astype(np.float32)
+    batch = dataclasses.replace(batch, old_logprobs=((noise - np.log(64.0)) * np.asarray(
+        batch.loss_mask)).astype(np.float32))  # ratios near 1, some clipped
+    optimizer = optax.sgd(0.5)
+    params = qwen3.init_params(config, jax.random.key(0), mesh)
+    reference = qwen3.init_params(config, jax.random.key(1), mesh)
+    state = state_lib.create_train_state(config, params, optimizer, mesh)
+    grpo_step = steps.make_grpo_step(config, optimizer, losses.GRPOConfig(entropy_coef=0.01),
+                                     mesh)
+    key = jax.random.key(3)
+    if args.num_processes > 1:  # this process's 4 rows; grpo_update splits and shuffles them
+      mine = batch_lib.take_rows(batch, np.arange(4 * args.process_id, 4 * args.process_id + 4))
+      state, metrics = steps.grpo_update(grpo_step, state, reference, mine, num_minibatches=2,
+                                         epochs=2, rng=key, mesh=mesh)
+    else:  # the documented split by hand: mini-batch m is block m of each process's rows
+      history = []
+      for epoch in range(2):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), 4))
+        for block in (order[:2], order[2:]):
+          state, step_metrics = grpo_step(state, reference, batch_lib.take_rows(
+              batch, np.concatenate([block, 4 + block])))
+          history.append(jax.device_get(step_metrics))
+      metrics = {name: float(np.mean([float(m[name]) for m in history]))
+                 for name in ("loss", "pg_loss", "entropy", "kl", "num_tokens")}
+    def local(x):  # params and step are replicated: any shard is the whole array
+      return np.asarray(x.addressable_shards[0].data)
+    shown = dict(metrics={name: float(metrics[name])
+                          for name in ("loss", "pg_loss", "entropy", "kl", "num_tokens")},
+                 params={jax.tree_util.keystr(path): local(x).tolist()
+                         for path, x in jax.tree_util.tree_leaves_with_path(state.params)},
+                 step=int(local(state.step)))
+    with open(os.path.join(args.workdir, f"{args.num_processes}_{args.process_id}.json"),
+              "w") as f:
+      json.dump(shown, f)
+""")
+
+
+@pytest.mark.multiprocess
+def test_grpo_minibatches_on_two_processes_are_each_processes_row_blocks(tmp_path):
+  """grpo_update with 2 mini-batches x 2 epochs (shuffled) on 2 processes x 2 devices equals
+  one process with 4 devices stepping through the mini-batches its docstring describes: at
+  each epoch the same permutation of every process's 4 rows, mini-batch m the m-th block of
+  2 rows of each process. The entropy bonus makes every row's tokens move the update, so a
+  mini-batch with other rows would end in other params."""
+  (tmp_path / "minibatch_probe.py").write_text(_MINIBATCH_PROBE)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  env = _env(MODULE="minibatch_probe", DEVICES_PER_PROCESS="2", PYTHON=sys.executable,
+             LOG_DIR=str(tmp_path / "logs"), PYTHONPATH=os.pathsep.join((str(tmp_path), REPO)))
+  result = subprocess.run(
+      ["bash", os.path.join(REPO, "launch", "local_multiprocess.sh"), "2", CONFIG,
+       str(workdir)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  result = subprocess.run(
+      [sys.executable, str(tmp_path / "minibatch_probe.py"), "--workdir", str(workdir)],
+      cwd=REPO, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                         PYTHONPATH=os.pathsep.join((str(tmp_path), REPO))),
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  want = json.loads((workdir / "1_0.json").read_text())
+  assert want["step"] == 4
+  for process in range(2):
+    got = json.loads((workdir / f"2_{process}.json").read_text())
+    assert got["step"] == 4
+    assert got["metrics"]["num_tokens"] == want["metrics"]["num_tokens"]
+    for name in ("loss", "pg_loss", "entropy", "kl"):
+      np.testing.assert_allclose(got["metrics"][name], want["metrics"][name], rtol=1e-5,
+                                 atol=1e-7, err_msg=name)
+    assert sorted(got["params"]) == sorted(want["params"])
+    for name, expected in want["params"].items():
+      np.testing.assert_allclose(got["params"][name], expected, rtol=1e-5, atol=1e-6,
+                                 err_msg=name)
