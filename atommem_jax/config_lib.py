@@ -16,11 +16,50 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import ml_collections
 
 # The checkout's configs/ directory: where `load_config_file` finds config names.
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+# Qwen3Config's architecture fields (model/config.py; the execution fields are model.*).
+ARCHITECTURE_FIELDS = dict(
+    vocab_size=int, hidden_size=int, intermediate_size=int, num_hidden_layers=int,
+    num_attention_heads=int, num_key_value_heads=int, head_dim=int, rope_theta=float,
+    rms_norm_eps=float, tie_word_embeddings=bool, attention_bias=bool,
+    max_position_embeddings=int, bos_token_id=int, eos_token_id=int, pad_token_id=int)
+
+
+def model_overrides(c: ml_collections.ConfigDict) -> dict:
+  """The model.overrides that are set (not None)."""
+  return {name: value for name, value in (c.model.get("overrides", None) or {}).items()
+          if value is not None}
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for the CLIs (`app.run(main, flags_parser=config_lib.parse_flags)`).
+
+  A --config.FIELD=VALUE flag whose FIELD the config does not have (a misspelt name) stops
+  the parse as a flags error naming the flag, instead of ml_collections' bare AttributeError
+  with a traceback.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    message = e  # ml_collections: AttributeError(KeyError("'name'\nDid you mean ...?"))
+    while isinstance(message, BaseException) and message.args:
+      message = message.args[0]
+    field, *hint = str(message).split("\n")
+    field = field.strip("'\"")
+    named = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")
+             and field in arg.split("=")[0].split(".")]
+    text = (f"FATAL Flags parsing error: flag {', '.join(named) or field}: the config has no "
+            f"field {field!r} there. {' '.join(hint)}")
+    sys.stderr.write(text.rstrip() + "\n")
+    sys.exit(1)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,6 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       preset="qwen3-8b", hf_dir="", param_dtype="float32", dtype="bfloat16",
       rollout_dtype="bfloat16", remat="full", scan_layers=True))
+  # Architecture fields replacing the preset's (None: the preset's value), each a typed
+  # placeholder so that any of them can be set on the command line
+  # (--config.model.overrides.num_hidden_layers=4) and a misspelt one is refused.
+  c.model.overrides = ml_collections.ConfigDict(
+      {name: ml_collections.config_dict.placeholder(kind)
+       for name, kind in ARCHITECTURE_FIELDS.items()})
   # "qwen3": the real Qwen3 tokenizer (offline); "synthetic": a small BPE trained on the
   # synthetic corpus (saved under workdir); or a tokenizer directory.
   c.tokenizer = "qwen3"
@@ -111,8 +156,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _fail(f"model.{field}", c.model[field], "float32, bfloat16 or float16")
   if c.model.remat not in model_config_lib.REMAT_POLICIES:
     _fail("model.remat", c.model.remat, f"one of {model_config_lib.REMAT_POLICIES}")
-  if c.model.hf_dir and c.model.get("overrides", None):
-    _fail("model.overrides", dict(c.model.overrides), "empty with model.hf_dir (a checkpoint's "
+  if c.model.hf_dir and model_overrides(c):
+    _fail("model.overrides", model_overrides(c), "unset with model.hf_dir (a checkpoint's "
           "architecture comes from its config.json)")
   if not c.model.hf_dir:
     model_config(c)  # model.overrides name real fields with valid values
@@ -197,7 +242,7 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
             "is missing)")
     return model_config_lib.Qwen3Config.from_hf_dict(json.loads(fileio.read_text(path)),
                                                      source=path, **execution)
-  overrides = dict(c.model.get("overrides", None) or {})
+  overrides = model_overrides(c)
   try:
     return model_config_lib.preset(c.model.preset, **execution).replace(**overrides)
   except (TypeError, ValueError) as e:

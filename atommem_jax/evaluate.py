@@ -360,4 +360,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -8,8 +8,6 @@ synthetic BPE.
 
 import os
 
-import ml_collections
-
 from atommem_jax import config_lib
 
 
@@ -22,9 +20,8 @@ def get_config():
                  remat="none")
   # Architecture fields replacing the preset's (applied by atommem_jax.train.setup): a
   # 2048-entry vocabulary makes every synthetic name one token, with or without a space.
-  c.model.overrides = ml_collections.ConfigDict(dict(
-      vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-      head_dim=32))
+  c.model.overrides.update(vocab_size=2048, hidden_size=128, intermediate_size=384,
+                           num_hidden_layers=2, head_dim=32)
   c.tokenizer = "synthetic"
   c.embedder = "hashing:256"
   c.env.update(chunk_tokens=96, chunk_overlap=8, max_chunks=8, top_k=3, max_retrieved_tokens=96,

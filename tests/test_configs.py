@@ -9,6 +9,7 @@ with a small jax.distributed probe module).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import glob
 import json
 import math
@@ -17,10 +18,12 @@ import re
 import subprocess
 import sys
 import textwrap
+import typing
 
 import pytest
 
 from atommem_jax import config_lib
+from atommem_jax.model import config as model_config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
@@ -116,6 +119,54 @@ def test_model_overrides_replace_preset_fields_and_bad_ones_name_the_field():
   config.model.hf_dir = "/some/hf/dir"
   with pytest.raises(config_lib.ConfigError, match=r"model\.overrides.*model\.hf_dir"):
     config_lib.validate(config)
+
+
+def test_architecture_overrides_are_the_models_fields_and_set_from_the_command_line(tmp_path):
+  """model.overrides holds one typed placeholder per Qwen3Config architecture field, so the
+  train CLI's flags can set any of them on any config, with values parsed to the field's
+  type; a misspelt field or a value of the wrong type stops the parse with the flag named."""
+  execution = {"param_dtype", "dtype", "remat", "scan_layers"}
+  hints = typing.get_type_hints(model_config_lib.Qwen3Config)
+  fields = [f.name for f in dataclasses.fields(model_config_lib.Qwen3Config)
+            if f.name not in execution]
+  assert list(config_lib.ARCHITECTURE_FIELDS) == fields
+  for name, kind in config_lib.ARCHITECTURE_FIELDS.items():
+    assert kind in typing.get_args(hints[name]) or hints[name] is kind, name
+  assert config_lib.model_overrides(config_lib.base_config()) == {}
+
+  script = tmp_path / "show_model.py"
+  script.write_text(textwrap.dedent("""
+      import dataclasses, json
+      from absl import app
+      from ml_collections import config_flags
+      from atommem_jax import config_lib
+      CONFIG = config_flags.DEFINE_config_file("config")
+      app.run(lambda _: print(json.dumps(dataclasses.asdict(
+          config_lib.model_config(CONFIG.value)))), flags_parser=config_lib.parse_flags)
+  """))
+  command = [sys.executable, str(script), "--config", os.path.join(CONFIG_DIR, "tiny.py"),
+             "--config.model.overrides.num_hidden_layers=3",
+             "--config.model.overrides.rope_theta=10000",
+             "--config.model.overrides.attention_bias=True"]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join((REPO, os.environ.get("PYTHONPATH", ""))))
+  result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  shown = json.loads(result.stdout.strip().splitlines()[-1])
+  assert (shown["num_hidden_layers"], shown["rope_theta"], shown["attention_bias"]) == (
+      3, 10000.0, True)
+  assert (shown["hidden_size"], shown["vocab_size"]) == (128, 2048)  # tiny.py's overrides
+  preset = model_config_lib.preset("tiny")
+  assert (shown["num_attention_heads"], shown["rms_norm_eps"]) == (
+      preset.num_attention_heads, preset.rms_norm_eps)  # unset: the preset's
+  for bad, reason in (("--config.model.overrides.num_hidden_layer=3",
+                        "no field 'num_hidden_layer' there. Did you mean"),
+                       ("--config.model.overrides.num_hidden_layers=three", "invalid literal")):
+    result = subprocess.run(command[:4] + [bad], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"flag {bad.split('=')[0]}" in result.stderr and reason in result.stderr, (
+        result.stderr[-2000:])
 
 
 def test_load_config_file_by_path_equals_by_name():
