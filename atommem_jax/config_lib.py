@@ -43,7 +43,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   A --config.FIELD=VALUE flag whose FIELD the config does not have (a misspelt name) stops
   the parse as a flags error naming the flag, instead of ml_collections' bare AttributeError
-  with a traceback.
+  with a traceback. Other errors (one raised inside a config file's get_config, say) are
+  raised as they are.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
   try:
@@ -56,8 +57,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     field = field.strip("'\"")
     named = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")
              and field in arg.split("=")[0].split(".")]
-    text = (f"FATAL Flags parsing error: flag {', '.join(named) or field}: the config has no "
-            f"field {field!r} there. {' '.join(hint)}")
+    if not named:
+      raise
+    text = (f"FATAL Flags parsing error: flag {', '.join(named)}: the config has no field "
+            f"{field!r} there. {' '.join(hint)}")
     sys.stderr.write(text.rstrip() + "\n")
     sys.exit(1)
 

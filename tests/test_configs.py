@@ -167,6 +167,13 @@ def test_architecture_overrides_are_the_models_fields_and_set_from_the_command_l
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert f"flag {bad.split('=')[0]}" in result.stderr and reason in result.stderr, (
         result.stderr[-2000:])
+  # An AttributeError of the config file itself is not taken for a misspelt flag.
+  (tmp_path / "broken.py").write_text("def get_config():\n  return None.no_such_attribute\n")
+  result = subprocess.run([sys.executable, str(script), "--config", str(tmp_path / "broken.py"),
+                           "--config.no_such_attribute=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "'NoneType' object has no attribute" in result.stderr, (
+      result.stderr[-2000:])
 
 
 def test_load_config_file_by_path_equals_by_name():
