@@ -226,7 +226,7 @@ _MINIBATCH_PROBE = textwrap.dedent("""\
     batch = batch_lib.pad_examples(examples, length=16)  # the 8 rows of both processes
     noise = rng.uniform(-0.2, 0.2, batch.shape).astype(np.float32)
     batch = dataclasses.replace(batch, old_logprobs=((noise - np.log(64.0)) * np.asarray(
-        batch.loss_mask)).astype(np.float32))  # ratios near 1, some clipped
+        batch.loss_mask)).astype(np.float32))  # first ratios 0.82-1.22: inside the clip range
     optimizer = optax.sgd(0.5)
     params = qwen3.init_params(config, jax.random.key(0), mesh)
     reference = qwen3.init_params(config, jax.random.key(1), mesh)
