@@ -234,6 +234,7 @@ _MINIBATCH_PROBE = textwrap.dedent("""\
     grpo_step = steps.make_grpo_step(config, optimizer, losses.GRPOConfig(entropy_coef=0.01),
                                      mesh)
     key = jax.random.key(3)
+    SHOWN = ("loss", "pg_loss", "entropy", "kl", "num_tokens")  # metrics compared
     if args.num_processes > 1:  # this process's 4 rows; grpo_update splits and shuffles them
       mine = batch_lib.take_rows(batch, np.arange(4 * args.process_id, 4 * args.process_id + 4))
       state, metrics = steps.grpo_update(grpo_step, state, reference, mine, num_minibatches=2,
@@ -246,12 +247,10 @@ _MINIBATCH_PROBE = textwrap.dedent("""\
           state, step_metrics = grpo_step(state, reference, batch_lib.take_rows(
               batch, np.concatenate([block, 4 + block])))
           history.append(jax.device_get(step_metrics))
-      metrics = {name: float(np.mean([float(m[name]) for m in history]))
-                 for name in ("loss", "pg_loss", "entropy", "kl", "num_tokens")}
+      metrics = {name: float(np.mean([float(m[name]) for m in history])) for name in SHOWN}
     def local(x):  # params and step are replicated: any shard is the whole array
       return np.asarray(x.addressable_shards[0].data)
-    shown = dict(metrics={name: float(metrics[name])
-                          for name in ("loss", "pg_loss", "entropy", "kl", "num_tokens")},
+    shown = dict(metrics={name: float(metrics[name]) for name in SHOWN},
                  params={jax.tree_util.keystr(path): local(x).tolist()
                          for path, x in jax.tree_util.tree_leaves_with_path(state.params)},
                  step=int(local(state.step)))

@@ -49,17 +49,20 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str) -> setup.Job:
                                         f"prepare {workdir}")
 
 
-def _store_evaluation(workdir: str, evaluations: dict, name: str, summary: dict) -> None:
-  evaluations[name] = summary
+def _write_evaluations(workdir: str, evaluations: dict) -> None:
   if jax.process_index() == 0:
     fileio.write_text(fileio.join(workdir, EVALUATIONS_FILE), json.dumps(evaluations, indent=2))
 
 
+def _store_evaluation(workdir: str, evaluations: dict, name: str, summary: dict) -> None:
+  evaluations[name] = summary
+  _write_evaluations(workdir, evaluations)
+
+
 def _forget_evaluations(workdir: str, evaluations: dict, names: tuple[str, ...]) -> None:
   """Drops (on disk too, at once) the cached evaluations of stages about to be retrained."""
-  if any(evaluations.pop(name, None) is not None for name in names) and (
-      jax.process_index() == 0):
-    fileio.write_text(fileio.join(workdir, EVALUATIONS_FILE), json.dumps(evaluations, indent=2))
+  if any(evaluations.pop(name, None) is not None for name in names):
+    _write_evaluations(workdir, evaluations)
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
@@ -102,14 +105,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if evaluate_init and "init" not in evaluations and sft_done == 0 and grpo_done == 0:
     evaluate_once("init", qwen3.init_params(job.model_config, init_key, job.mesh), 0)
 
-  if sft_steps and sft_done < sft_steps and grpo_done == 0:
-    _forget_evaluations(workdir, evaluations, ("sft", "grpo"))
-  if grpo_steps and grpo_done < grpo_steps:
-    _forget_evaluations(workdir, evaluations, ("grpo",))
-
   params = None
   if sft_steps and grpo_done == 0:
-    examples = stages.sft_examples(job, train_contexts) if sft_done < sft_steps else []
+    sft_trains = sft_done < sft_steps
+    if sft_trains:  # the cached SFT row, and GRPO's after it, are of another policy
+      _forget_evaluations(workdir, evaluations, ("sft", "grpo"))
+    examples = stages.sft_examples(job, train_contexts) if sft_trains else []
     params = stages.run_sft(job, init_key, examples, 0, evaluate)
   elif sft_steps:
     params = stages.restore_params(job, stages.SFT)
@@ -119,6 +120,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     evaluate_once("sft", params, sft_steps)
 
   if grpo_steps:
+    if grpo_done < grpo_steps:
+      _forget_evaluations(workdir, evaluations, ("grpo",))
     reference = (stages.restore_params(job, stages.SFT) if sft_steps else
                  jax.tree.map(lambda x: x.copy(), params))
     params = stages.run_grpo(job, params, reference, train_contexts, sft_steps, evaluate)
