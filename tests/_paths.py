@@ -1,6 +1,8 @@
-"""Where the real QA slices live: ../shared/data beside the checkout (CI and developers alike)."""
-import os
+"""The real QA slices the tests read: tests/data, shipped with the project (see its SOURCES.md)."""
 import pathlib
 
-SHARED_DATA = pathlib.Path(os.environ.get(
-    "ATOMMEM_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+HOTPOTQA = DATA / "hotpotqa_dev_100.jsonl"
+WIKI = DATA / "2wikimultihopqa_dev_100.jsonl"
+MUSIQUE = DATA / "musique_dev_100.jsonl"
+SLICES = {"hotpotqa": HOTPOTQA, "2wiki": WIKI, "musique": MUSIQUE}

@@ -20,7 +20,7 @@ from atommem_jax.model import qwen3
 from atommem_jax.model import sharding
 from atommem_jax.train import checkpoint as checkpoint_lib
 from atommem_jax.train import state as state_lib
-from _paths import SHARED_DATA
+import _paths
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TINY = os.path.join(_REPO, "configs", "tiny.py")
@@ -38,7 +38,7 @@ def _evaluate(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 
 
 def _hotpot_file(tmp_path) -> str:
-  samples = multihop.read_dataset("hotpotqa", str(SHARED_DATA / "hotpotqa_dev_200.jsonl"))
+  samples = multihop.read_dataset("hotpotqa", str(_paths.HOTPOTQA))
   contexts = multihop.build_long_contexts(samples[:3], num_docs=4, seed=0, pool=samples)
   path = str(tmp_path / "hotpot_small.jsonl")
   multihop.save_long_contexts(contexts, path)

@@ -103,8 +103,8 @@ def read_2wiki(path: str) -> list[QASample]:
   """Reads 2WikiMultihopQA (same layout as HotpotQA).
 
   Sentences carry no leading spaces, so they are joined with one. Rows without a
-  `context` field are skipped with a warning: some circulating dev copies (36 rows of our
-  200-row slice) carry `qa_pairs`/`explanation` instead of paragraphs.
+  `context` field are skipped with a warning: some circulating dev copies (36 rows of the
+  200-row MIGRES copy) carry `qa_pairs`/`explanation` instead of paragraphs.
   """
   samples, skipped = [], []
   for where, row in _records(path):
