@@ -438,3 +438,50 @@ def test_remote_directories_load_and_export_like_local_ones(checkpoints, tmp_pat
   assert sum(name.startswith("model-0") for name in names) > 1, names
   fs.get("/hf_out", str(tmp_path / "hf_out"), recursive=True)
   _assert_same_model(model, _from_pretrained(tmp_path / "hf_out"))
+
+
+# --- config.json fields of the wrong type or range (each once loaded silently or crashed) ---
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"hidden_size": "64"}, "hidden_size"),  # was a TypeError naming nothing
+    ({"num_attention_heads": 0}, "num_attention_heads"),  # was a ZeroDivisionError
+    ({"rope_parameters": "default"}, "rope_parameters"),  # was an AttributeError
+    ({"eos_token_id": []}, "eos_token_id"),  # was an IndexError
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings"),  # loaded as tied
+    ({"num_key_value_heads": 3}, "num_key_value_heads"),  # 4 heads: was an error naming no file
+    ({"rms_norm_eps": -1e-6}, "rms_norm_eps"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": "5000"}},
+     "rope_parameters.rope_theta"),
+    ({"vocab_size": 1000.0}, "vocab_size"),
+    ({"attention_bias": 1}, "attention_bias"),
+    ({"bos_token_id": -1}, "bos_token_id"),
+    ({"max_position_embeddings": None}, "max_position_embeddings"),  # was a TypeError
+])
+def test_bad_config_json_fields_are_named_with_the_file(checkpoints, tmp_path, changes, field):
+  src = _copy(checkpoints[False][1], tmp_path / "ckpt")
+  _set_json(os.path.join(src, "config.json"), **changes)
+  with pytest.raises(ValueError) as error:
+    hf.load_hf(src)
+  message = str(error.value)
+  assert message.startswith(os.path.join(src, "config.json") + ": field " + field + "="), message
+  assert "\n" not in message
+
+
+def _set_json(path: str, **changes) -> None:
+  """Sets fields of a JSON file (None writes null)."""
+  with open(path) as f:
+    data = json.load(f)
+  data.update(changes)
+  with open(path, "w") as f:
+    json.dump(data, f)
+
+
+def test_config_json_eos_list_and_nulls_load(checkpoints, tmp_path):
+  """What transformers itself writes still loads: an eos list, null optional fields."""
+  src = _copy(checkpoints[False][1], tmp_path / "ckpt")
+  _set_json(os.path.join(src, "config.json"), eos_token_id=[2, 1], rope_scaling=None,
+            pad_token_id=None, rope_theta=None)
+  config, _ = hf.load_hf(src)
+  assert config.eos_token_id == 2 and config.pad_token_id is None and config.head_dim == H
+  assert config.rope_theta == 5000.0  # from rope_parameters

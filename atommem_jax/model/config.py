@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from atommem_jax.model import _hf_config
+
 _DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
@@ -86,7 +88,12 @@ class Qwen3Config:
 
   @classmethod
   def from_hf_dict(cls, hf: Mapping[str, Any], source: str = "config.json", **overrides) -> "Qwen3Config":
-    """Builds a config from a HF Qwen3 config dict (transformers 4 or 5 layout)."""
+    """Builds a config from a HF Qwen3 config dict (transformers 4 or 5 layout).
+
+    Raises:
+      ValueError: naming `source` and the field, for a value of the wrong type or range.
+    """
+    _hf_config.check(hf, source)
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
     if model_type not in (None, "qwen3") or (archs and not any(a.startswith("Qwen3") for a in archs)):
