@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import datasets
 import pytest
 
 from atommem_jax.data import multihop
@@ -186,8 +187,63 @@ def test_storage_errors(tmp_path):
     multihop.save_long_contexts([], str(tmp_path / "x.jsonl"))
   other = tmp_path / "other.jsonl"
   other.write_text('{"something": 1}\n')
-  with pytest.raises(multihop.DataError, match="other.jsonl: not a long-context file"):
+  with pytest.raises(multihop.DataError, match=r"other\.jsonl:1: missing field 'questions'"):
     multihop.load_long_contexts(str(other))
+
+
+def _saved_rows(tmp_path, hotpot):
+  path = str(tmp_path / "good.jsonl")
+  multihop.save_long_contexts(multihop.build_long_contexts(hotpot[:3], 12, 0), path)
+  return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def _drop(row, key):
+  return {k: v for k, v in row.items() if k != key}
+
+
+@pytest.mark.parametrize("break_row, message", [
+    (lambda r: _drop(r, "id"), r":2: missing field 'id'"),
+    (lambda r: {**r, "id": ""}, r":2: field 'id' is empty"),
+    (lambda r: {**r, "questions": []}, r":2: field 'questions' is empty"),
+    (lambda r: {**r, "questions": [{**r["questions"][0], "answers": []}]},
+     r":2: field 'questions\[0\]\.answers' is empty"),
+    (lambda r: {**r, "questions": [_drop(r["questions"][0], "question")]},
+     r":2: missing field 'questions\[0\]\.question'"),
+    (lambda r: {**r, "documents": []}, r":2: field 'documents' is empty"),
+    (lambda r: {**r, "gold_indices": [[0, 12]]},
+     r":2: field 'gold_indices\[0\]\[1\]' = 12 is not a document index"),
+    (lambda r: {**r, "gold_indices": [[-1]]}, r":2: field 'gold_indices\[0\]\[0\]' = -1"),
+    (lambda r: {**r, "gold_indices": []}, r":2: field 'gold_indices' has 0 lists for 1"),
+    (lambda r: {**r, "seed": "0"}, r":2: field 'seed' should be int"),
+])
+def test_load_rejects_bad_rows_naming_file_line_and_field(tmp_path, hotpot, break_row, message):
+  rows = _saved_rows(tmp_path, hotpot)
+  rows[1] = break_row(rows[1])
+  path = _write_lines(tmp_path / "bad.jsonl", rows)
+  with pytest.raises(multihop.DataError, match=r"bad\.jsonl" + message):
+    multihop.load_long_contexts(path)
+
+
+def test_load_rejects_duplicate_ids_and_bad_bytes(tmp_path, hotpot):
+  rows = _saved_rows(tmp_path, hotpot)
+  path = _write_lines(tmp_path / "dup.jsonl", [rows[0], rows[1], rows[0]])
+  with pytest.raises(multihop.DataError, match=r"dup\.jsonl:3: context id .* repeats the one "
+                                               r"at .*dup\.jsonl:1"):
+    multihop.load_long_contexts(path)
+  bad = tmp_path / "bytes.jsonl"
+  bad.write_bytes(json.dumps(rows[0]).encode() + b"\n" + b'{"id": "\xff"}\n')
+  with pytest.raises(multihop.DataError, match=r"bytes\.jsonl:2: not valid UTF-8 \(byte 0xff"):
+    multihop.load_long_contexts(str(bad))
+
+
+def test_load_checks_parquet_rows(tmp_path, hotpot):
+  rows = _saved_rows(tmp_path, hotpot)
+  rows[2]["gold_indices"] = [[99]]
+  path = str(tmp_path / "bad.parquet")
+  datasets.Dataset.from_list(rows).to_parquet(path)
+  with pytest.raises(multihop.DataError, match=r"bad\.parquet row 3: field "
+                                               r"'gold_indices\[0\]\[0\]' = 99"):
+    multihop.load_long_contexts(path)
 
 
 def test_render_context():
@@ -198,8 +254,8 @@ def test_render_context():
 
 
 def _write_lines(path, rows):
-  path.write_text("".join(row if isinstance(row, str) else json.dumps(row) + "\n"
-                          for row in rows))
+  path.write_bytes(b"".join(row if isinstance(row, bytes) else row.encode() if isinstance(
+      row, str) else json.dumps(row).encode() + b"\n" for row in rows))
   return str(path)
 
 
@@ -216,6 +272,10 @@ def test_bad_rows_name_file_line_and_field(tmp_path):
       ([bad_context], r"bad\.jsonl:1: field 'context\[0\]' should be \[title"),
       ([bad_support], r"bad\.jsonl:1: .*'No Such Title', which is not in 'context'"),
       (['"a string"\n'], r"bad\.jsonl:1: row should be a JSON object"),
+      ([{**good, "context": []}], r"bad\.jsonl:1: field 'context' is empty"),
+      ([good, "\n", good], r"bad\.jsonl:3: question id '5a7f6fd75542992e7d278cfa' repeats "
+                          r"the row at .*bad\.jsonl:1"),
+      ([good, b'{"_id": "caf\xe9"}\n'], r"bad\.jsonl:2: not valid UTF-8 \(byte 0xe9 at byte 12"),
   ]
   for rows, message in cases:
     with pytest.raises(multihop.DataError, match=message):
@@ -228,7 +288,14 @@ def test_bad_rows_name_file_line_and_field(tmp_path):
   array.write_text('[{"_id": 1},\n oops]')
   with pytest.raises(multihop.DataError, match=r"bad\.json:2: not valid JSON"):
     multihop.read_hotpotqa(str(array))
+  array.write_bytes(b'[{"_id": 1},\n {"_id": "\xff"}]')
+  with pytest.raises(multihop.DataError, match=r"bad\.json:2: not valid UTF-8 \(byte 0xff"):
+    multihop.read_hotpotqa(str(array))
   row = _raw(MUSIQUE)[0]
+  with pytest.raises(multihop.DataError, match=r"m\.jsonl:1: field 'paragraphs' is empty"):
+    multihop.read_musique(_write_lines(tmp_path / "m.jsonl", [{**row, "paragraphs": []}]))
+  with pytest.raises(multihop.DataError, match=r"m\.jsonl:2: question id .* repeats"):
+    multihop.read_musique(_write_lines(tmp_path / "m.jsonl", [row, row]))
   row["paragraphs"][3] = {"title": "T", "paragraph_text": "x"}
   with pytest.raises(multihop.DataError,
                      match=r"m\.jsonl:1: missing field 'paragraphs\[3\]\.is_supporting'"):
@@ -246,8 +313,8 @@ def _run_cli(*args):
 def test_cli_end_to_end(tmp_path):
   out = str(tmp_path / "musique.parquet")
   result = _run_cli("--dataset", "musique", "--input", MUSIQUE, "--num_docs", "30",
-                    "--seed", "5", "--out", out, "--questions_per_context", "2",
-                    "--limit", "6")
+                    "--seed", "5", "--out", out, "--protocol", "gold_only",
+                    "--questions_per_context", "2", "--limit", "6")
   assert result.returncode == 0, result.stderr
   assert "wrote 3 contexts (6 questions)" in result.stdout
   assert "documents per context: mean 30.0, min 30, max 30" in result.stdout

@@ -95,8 +95,8 @@ class LongContext:
 def read_hotpotqa(path: str) -> list[QASample]:
   """Reads HotpotQA (a JSON array as released, or JSON lines)."""
   # Sentences carry their own leading spaces: concatenating restores the paragraph.
-  return [_read_titled_row(row, where, "hotpotqa", separator="")
-          for where, row in _records(path)]
+  return _unique_ids([(where, _read_titled_row(row, where, "hotpotqa", separator=""))
+                      for where, row in _records(path)])
 
 
 def read_2wiki(path: str) -> list[QASample]:
@@ -111,11 +111,11 @@ def read_2wiki(path: str) -> list[QASample]:
     if isinstance(row, dict) and "context" not in row:
       skipped.append(where)
       continue
-    samples.append(_read_titled_row(row, where, "2wiki", separator=" "))
+    samples.append((where, _read_titled_row(row, where, "2wiki", separator=" ")))
   if skipped:
     _LOG.warning("%s: skipped %d rows without a 'context' field (first: %s)", path,
                  len(skipped), skipped[0])
-  return samples
+  return _unique_ids(samples)
 
 
 def read_musique(path: str) -> list[QASample]:
@@ -126,7 +126,7 @@ def read_musique(path: str) -> list[QASample]:
     if row.get("answerable", True) is False:
       skipped += 1
       continue
-    paragraphs = _field(row, "paragraphs", list, where)
+    paragraphs = _nonempty(_field(row, "paragraphs", list, where), "paragraphs", where)
     documents, gold = [], []
     for i, paragraph in enumerate(paragraphs):
       item = f"paragraphs[{i}]"
@@ -135,10 +135,10 @@ def read_musique(path: str) -> list[QASample]:
                                 _field(paragraph, "paragraph_text", str, where, item)))
       gold.append(_field(paragraph, "is_supporting", bool, where, item))
     question = _question(row, "id", where)
-    samples.append(_sample(question, "musique", documents, gold))
+    samples.append((where, _sample(question, "musique", documents, gold)))
   if skipped:
     _LOG.warning("%s: skipped %d unanswerable rows", path, skipped)
-  return samples
+  return _unique_ids(samples)
 
 
 _READERS: dict[str, Callable[[str], list[QASample]]] = {
@@ -159,34 +159,73 @@ def read_dataset(name: str, path: str) -> list[QASample]:
 
 def _records(path: str) -> Iterator[tuple[str, Any]]:
   """Yields (location, row): `path:line` for JSON lines, `path[index]` for a JSON array."""
-  with open(path, encoding="utf-8") as f:
+  with open(path, "rb") as f:
     head = f.read(4096).lstrip()
     f.seek(0)
-    if head.startswith("["):
+    if head.startswith(b"["):
+      data = f.read()
       try:
-        rows = json.load(f)
+        rows = json.loads(data.decode("utf-8"))
+      except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: {_utf8_problem(e, 'of the file')}") from e
       except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from e
       for index, row in enumerate(rows):
         yield f"{path}[{index}]", row
       return
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
+    for line_number, raw in enumerate(f, start=1):
       where = f"{path}:{line_number}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); each line "
-                        "must hold one JSON object") from e
-      yield where, row
+      row = parse_json_line(raw, where)
+      if row is not _BLANK:
+        yield where, row
+
+
+_BLANK = object()
+
+
+def parse_json_line(raw: bytes, where: str) -> Any:
+  """One JSON-lines row from its bytes (`_BLANK` for a blank line); errors name `where`."""
+  try:
+    line = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{where}: {_utf8_problem(e, 'of the line')}") from e
+  if not line.strip():
+    return _BLANK
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); each line "
+                    "must hold one JSON object") from e
+
+
+def _utf8_problem(error: UnicodeDecodeError, of: str) -> str:
+  return (f"not valid UTF-8 (byte 0x{error.object[error.start]:02x} at byte {error.start} "
+          f"{of}); save the file as UTF-8")
+
+
+def _unique_ids(located: Sequence[tuple[str, QASample]]) -> list[QASample]:
+  """The samples, after checking that no question id repeats (a repeat is a broken split)."""
+  first_seen: dict[str, str] = {}
+  for where, sample in located:
+    if sample.id in first_seen:
+      raise DataError(f"{where}: question id {sample.id!r} repeats the row at "
+                      f"{first_seen[sample.id]}; ids must be unique in a split")
+    first_seen[sample.id] = where
+  return [sample for _, sample in located]
+
+
+def _nonempty(values: list[Any], key: str, where: str) -> list[Any]:
+  if not values:
+    raise DataError(f"{where}: field {key!r} is empty; a question needs its paragraphs")
+  return values
 
 
 def _read_titled_row(row: Any, where: str, dataset: str, separator: str) -> QASample:
   """HotpotQA/2Wiki layout: `context` [[title, [sentences]]], `supporting_facts`."""
   _require_object(row, where)
   documents = []
-  for i, item in enumerate(_field(row, "context", list, where)):
+  for i, item in enumerate(_nonempty(_field(row, "context", list, where), "context", where)):
     if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
             and isinstance(item[1], list) and all(isinstance(s, str) for s in item[1])):
       raise DataError(f"{where}: field 'context[{i}]' should be [title, [sentence, ...]], "
@@ -305,7 +344,7 @@ def _long_context(group: Sequence[QASample], per_question: Sequence[Sequence[int
   if len(gold) > num_docs:
     raise ValueError(f"context {context_id} has {len(gold)} gold documents, more than "
                      f"num_docs={num_docs}; raise num_docs or lower questions_per_context")
-  rng = np.random.default_rng([seed, _stable_hash(context_id)])
+  rng = np.random.default_rng([seed, stable_hash(context_id)])
   num_distractors = min(num_docs, len(pool_documents)) - len(gold)
   # Draw enough that, after removing gold documents, num_distractors remain.
   drawn = rng.choice(len(pool_documents), size=num_distractors + len(gold), replace=False)
@@ -326,7 +365,7 @@ def _long_context(group: Sequence[QASample], per_question: Sequence[Sequence[int
   )
 
 
-def _stable_hash(text: str) -> int:
+def stable_hash(text: str) -> int:
   """A 64-bit hash that, unlike `hash`, is the same in every process."""
   return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
 
@@ -389,20 +428,40 @@ def save_long_contexts(contexts: Sequence[LongContext], path: str) -> None:
 
 def load_long_contexts(path: str) -> list[LongContext]:
   """Reads contexts written by `save_long_contexts`, exactly as they were saved (a local path or
-  a URL such as gs://...)."""
-  import datasets  # pylint: disable=g-import-not-at-top
-
+  a URL such as gs://...), checking every row: a bad one raises DataError naming the file, the
+  line (JSON lines) or row (Parquet), and the field."""
   suffix = _suffix(path)
   if not fileio.isfile(path):
     raise FileNotFoundError(f"{path}: no such long-context file")
-  reader = datasets.Dataset.from_json if suffix == ".jsonl" else datasets.Dataset.from_parquet
-  with tempfile.TemporaryDirectory() as cache_dir, fileio.local_file_to_read(path) as local:
+  if suffix == ".jsonl":
+    located = ((f"{path}:{number}", parse_json_line(raw, f"{path}:{number}"))
+               for number, raw in enumerate(fileio.read_bytes(path).splitlines(), start=1))
+  else:
+    located = ((f"{path} row {number}", row)
+               for number, row in enumerate(_parquet_rows(path), start=1))
+  contexts, first_seen = [], {}
+  for where, row in located:
+    if row is _BLANK:
+      continue
+    context = context_from_row(row, where)
+    if context.id in first_seen:
+      raise DataError(f"{where}: context id {context.id!r} repeats the one at "
+                      f"{first_seen[context.id]}; ids must be unique in a file")
+    first_seen[context.id] = where
+    contexts.append(context)
+  if not contexts:
+    raise DataError(f"{path}: no contexts in the file")
+  return contexts
+
+
+def _parquet_rows(path: str) -> list[Any]:
+  import pyarrow.parquet  # pylint: disable=g-import-not-at-top  (seconds to load)
+
+  with fileio.local_file_to_read(path) as local:
     try:
-      table = reader(local, features=_features(), cache_dir=cache_dir, keep_in_memory=True)
-      return [_context_from_row(row) for row in table.to_list()]
-    except Exception as e:  # datasets raises many kinds; all mean "not our format".
-      raise DataError(f"{path}: not a long-context file written by save_long_contexts "
-                      f"({type(e).__name__}: {str(e)[:200]})") from e
+      return pyarrow.parquet.read_table(local).to_pylist()
+    except Exception as e:  # pyarrow raises several kinds; all mean "not Parquet".
+      raise DataError(f"{path}: not a Parquet file ({type(e).__name__}: {str(e)[:200]})") from e
 
 
 def _suffix(path: str) -> str:
@@ -412,22 +471,84 @@ def _suffix(path: str) -> str:
   return suffix
 
 
-def _context_from_row(row: dict[str, Any]) -> LongContext:
-  def fact(value):
-    return Fact(value["doc_index"], value["text"])
+class _Row:
+  """Typed access to one JSON object; every error names the location and the field path."""
 
-  return LongContext(
-      id=row["id"],
-      dataset=row["dataset"],
-      questions=tuple(Question(q["id"], q["question"], tuple(q["answers"]))
-                      for q in row["questions"]),
-      documents=tuple(Document(d["title"], d["text"]) for d in row["documents"]),
-      gold_indices=tuple(tuple(indices) for indices in row["gold_indices"]),
-      seed=row["seed"],
-      num_docs=row["num_docs"],
-      evidence=tuple(
-          Evidence(tuple(fact(f) for f in e["chain"]),
-                   tuple(Supersession(fact(s["old"]), fact(s["new"]))
-                         for s in e["superseded"]))
-          for e in row["evidence"]),
-  )
+  def __init__(self, value: Any, where: str, name: str = ""):
+    if not isinstance(value, dict):
+      raise DataError(f"{where}: {f'field {name!r}' if name else 'row'} should be a JSON "
+                      f"object, got {_preview(value)}; is this a file of save_long_contexts?")
+    self.value, self.where, self.name = value, where, name
+
+  def _path(self, key: str) -> str:
+    return f"{self.name}.{key}" if self.name else key
+
+  def get(self, key: str, kind: type | tuple[type, ...], *, nonempty: bool = False) -> Any:
+    if key not in self.value or self.value[key] is None:
+      raise DataError(f"{self.where}: missing field {self._path(key)!r}; is this a file of "
+                      "save_long_contexts?")
+    value = self.value[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+      names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+      raise DataError(f"{self.where}: field {self._path(key)!r} should be {names}, got "
+                      f"{_preview(value)}")
+    if nonempty and not value:
+      raise DataError(f"{self.where}: field {self._path(key)!r} is empty")
+    return value
+
+  def items(self, key: str, *, nonempty: bool = False) -> list[_Row]:
+    return [_Row(item, self.where, f"{self._path(key)}[{i}]")
+            for i, item in enumerate(self.get(key, list, nonempty=nonempty))]
+
+  def strings(self, key: str) -> tuple[str, ...]:
+    values = self.get(key, list, nonempty=True)
+    for i, value in enumerate(values):
+      if not isinstance(value, str):
+        raise DataError(f"{self.where}: field {self._path(key)}[{i}] should be a string, got "
+                        f"{_preview(value)}")
+    return tuple(values)
+
+  def index(self, value: Any, name: str, size: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
+      raise DataError(f"{self.where}: field {name!r} = {_preview(value)} is not a document "
+                      f"index (the context has {size} documents)")
+    return value
+
+
+def context_from_row(value: Any, where: str) -> LongContext:
+  """A LongContext from one stored row, every field checked (DataError naming `where`)."""
+  row = _Row(value, where)
+  questions = tuple(Question(q.get("id", str, nonempty=True), q.get("question", str),
+                             q.strings("answers"))
+                    for q in row.items("questions", nonempty=True))
+  documents = tuple(Document(d.get("title", str), d.get("text", str))
+                    for d in row.items("documents", nonempty=True))
+  gold = row.get("gold_indices", list)
+  if len(gold) != len(questions):
+    raise DataError(f"{where}: field 'gold_indices' has {len(gold)} lists for "
+                    f"{len(questions)} questions; give one list per question")
+  gold_indices = []
+  for q, indices in enumerate(gold):
+    if not isinstance(indices, list):
+      raise DataError(f"{where}: field 'gold_indices[{q}]' should be a list, got "
+                      f"{_preview(indices)}")
+    gold_indices.append(tuple(row.index(i, f"gold_indices[{q}][{k}]", len(documents))
+                              for k, i in enumerate(indices)))
+
+  def fact(item: _Row) -> Fact:
+    return Fact(row.index(item.value.get("doc_index"), f"{item.name}.doc_index",
+                          len(documents)), item.get("text", str))
+
+  evidence = tuple(
+      Evidence(tuple(fact(f) for f in e.items("chain")),
+               tuple(Supersession(fact(_Row(s.get("old", dict), where, f"{s.name}.old")),
+                                  fact(_Row(s.get("new", dict), where, f"{s.name}.new")))
+                     for s in e.items("superseded")))
+      for e in (row.items("evidence") if row.value.get("evidence") is not None else []))
+  if evidence and len(evidence) != len(questions):
+    raise DataError(f"{where}: field 'evidence' has {len(evidence)} entries for "
+                    f"{len(questions)} questions; give one per question or none")
+  return LongContext(id=row.get("id", str, nonempty=True), dataset=row.get("dataset", str),
+                     questions=questions, documents=documents,
+                     gold_indices=tuple(gold_indices), seed=row.get("seed", int),
+                     num_docs=row.get("num_docs", int), evidence=evidence)
