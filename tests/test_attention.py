@@ -1,0 +1,203 @@
+"""Every attention implementation against the dense reference (itself checked against
+transformers in test_qwen3.py), forward and gradient, on left-padded, packed and cached inputs
+with grouped-query heads."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from atommem_jax.model import attention
+from atommem_jax.model.attention import AttentionMask
+
+ATOL = 2e-5
+
+
+def _qkv(batch, length, num_keys, num_heads, num_kv_heads, head_dim=16, seed=0,
+         dtype=jnp.float32):
+  rng = np.random.RandomState(seed)
+  q = rng.randn(batch, length, num_heads, head_dim)
+  k, v = (rng.randn(batch, num_keys, num_kv_heads, head_dim) for _ in range(2))
+  return tuple(jnp.asarray(x, dtype) for x in (q, k, v))
+
+
+def _left_padded(lengths, total):
+  return jnp.asarray([[False] * (total - n) + [True] * n for n in lengths])
+
+
+def _packed(length):
+  """Row 0: segments 1, 2, then padding; row 1: segments 1 and 3; row 2: all padding."""
+  segments = np.zeros((3, length), np.int32)
+  segments[0, :length // 3], segments[0, length // 3:length - 3] = 1, 2
+  segments[1, :length // 2], segments[1, length // 2:] = 1, 3
+  return jnp.asarray(segments)
+
+
+def _cached(batch, length, num_keys, index):
+  """T new queries at slots index..index+T-1 of an S-slot cache; row 1 left-padded by 3."""
+  key_valid = np.zeros((batch, num_keys), bool)
+  key_valid[:, :index + length] = True
+  key_valid[1:, :3] = False
+  return AttentionMask(jnp.arange(length, dtype=jnp.int32) + index, jnp.asarray(key_valid))
+
+
+CASES = {
+    "left_padded": lambda length: AttentionMask.causal(_left_padded([length, length - 9, 0],
+                                                                    length)),
+    "packed": lambda length: AttentionMask.causal(_packed(length) != 0, _packed(length)),
+    "unpadded": lambda length: AttentionMask.causal(jnp.ones((3, length), bool)),
+}
+
+
+def _real_queries(mask: AttentionMask) -> np.ndarray:
+  """[B, T] queries that are real tokens: the model uses no other query's output, and
+  implementations differ there by design (dense averages a fully masked row, the fused
+  kernels zero padding queries or let them see other padding)."""
+  return np.asarray(mask.key_valid)[:, np.asarray(mask.query_slots)]
+
+
+def _weights(mask: AttentionMask, shape, seed=1):
+  """Random output cotangents, zero on queries that are not real tokens."""
+  real = _real_queries(mask)
+  return jnp.asarray(np.random.RandomState(seed).randn(*shape) * real[:, :, None, None],
+                     jnp.float32)
+
+
+def _assert_matches_dense(impl, q, k, v, mask, atol=ATOL):
+  """Forward at real queries, and grads of a weighted sum wrt q, k, v."""
+  weights = _weights(mask, q.shape)
+  seen = _real_queries(mask)
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * weights)
+  expected = attention.dense_attention(q, k, v, mask)
+  got = jax.jit(impl)(q, k, v)
+  assert np.isfinite(np.asarray(got, np.float32)).all()
+  np.testing.assert_allclose(np.asarray(got, np.float32)[seen],
+                             np.asarray(expected, np.float32)[seen], rtol=0, atol=atol)
+  grads = jax.jit(jax.grad(loss(impl), argnums=(0, 1, 2)))(q, k, v)
+  expected_grads = jax.grad(loss(lambda q, k, v: attention.dense_attention(q, k, v, mask)),
+                            argnums=(0, 1, 2))(q, k, v)
+  for name, got_grad, want in zip("qkv", grads, expected_grads):
+    assert np.isfinite(np.asarray(got_grad, np.float32)).all(), name
+    np.testing.assert_allclose(np.asarray(got_grad, np.float32), np.asarray(want, np.float32),
+                               rtol=0, atol=atol, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("heads,blocks", [((4, 2), (8, 16)), ((4, 1), (16, 8)),
+                                          ((2, 2), (64, 64))],
+                         ids=["gqa2_blocks8x16", "mqa_blocks16x8", "mha_one_block"])
+def test_blockwise_matches_dense(case, heads, blocks):
+  length = 37  # no block size divides it
+  mask = CASES[case](length)
+  q, k, v = _qkv(3, length, length, *heads)
+  _assert_matches_dense(
+      lambda q, k, v: attention.blockwise_attention(q, k, v, mask, *blocks), q, k, v, mask)
+
+
+def test_blockwise_matches_dense_on_cache_prefill_chunk():
+  """A 6-token chunk written at slots 10..15 of a 24-slot cache sees earlier valid slots."""
+  mask = _cached(2, 6, 24, index=10)
+  q, k, v = _qkv(2, 6, 24, 4, 2)
+  _assert_matches_dense(lambda q, k, v: attention.blockwise_attention(q, k, v, mask, 4, 8),
+                        q, k, v, mask)
+
+
+def test_blockwise_fully_masked_rows_are_zero_and_gradients_finite():
+  mask = AttentionMask.causal(_left_padded([5, 0], 8))
+  q, k, v = _qkv(2, 8, 8, 4, 2)
+  out = attention.blockwise_attention(q, k, v, mask, 4, 4)
+  np.testing.assert_array_equal(np.asarray(out[1]), 0.0)
+  grads = jax.grad(lambda *x: jnp.sum(attention.blockwise_attention(*x, mask, 4, 4)),
+                   argnums=(0, 1, 2))(q, k, v)
+  assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
+def test_blockwise_backward_holds_no_full_score_matrix():
+  """No [.., T, S]-sized intermediate in the compiled gradient (memory O(block))."""
+  length, block = 256, 32
+  mask = AttentionMask.causal(jnp.ones((1, length), bool))
+  q, k, v = _qkv(1, length, length, 2, 1)
+  grad = jax.jit(jax.grad(lambda *x: jnp.sum(attention.blockwise_attention(*x, mask, block,
+                                                                           block)),
+                          argnums=(0, 1, 2)))
+  hlo = grad.lower(q, k, v).compile().as_text()
+  assert f"{length},{length}]" not in hlo.replace(" ", "")
+  dense_hlo = jax.jit(jax.grad(lambda *x: jnp.sum(attention.dense_attention(*x, mask)),
+                               argnums=(0, 1, 2))).lower(q, k, v).compile().as_text()
+  assert f"{length},{length}]" in dense_hlo.replace(" ", "")  # the check can see it
+
+
+@pytest.mark.parametrize("case", ["left_padded", "packed"])
+def test_splash_kernel_in_interpret_mode_matches_dense(case):
+  length = 200  # padded to the 128-multiple blocks inside
+  mask = CASES[case](length)
+  q, k, v = _qkv(3, length, length, 4, 2, head_dim=32)
+  _assert_matches_dense(
+      lambda q, k, v: attention.splash_attention(q, k, v, mask, 128, 128, interpret=True),
+      q, k, v, mask)
+
+
+@pytest.mark.parametrize("rows", [
+    [[0] * 3 + [1] * 13, [1] * 16, [1] * 10 + [0] * 6, [0] * 16],  # left, none, right, empty
+    [[1] * 4 + [0] * 2 + [1] * 10, [1] * 16, [0] * 16, [0] * 5 + [1] * 11],  # a hole
+], ids=["contiguous", "with_hole_falls_back"])
+def test_cudnn_argument_mapping_matches_dense_through_xla(rows):
+  """The cuDNN call's arguments (roll, lengths, causal), run by implementation="xla"."""
+  mask = AttentionMask.causal(jnp.asarray(rows, bool))
+  q, k, v = _qkv(4, 16, 16, 4, 2)
+  _assert_matches_dense(
+      lambda q, k, v: attention.cudnn_attention(q, k, v, mask, implementation="xla",
+                                                block_q=8, block_k=8), q, k, v, mask)
+
+
+def test_cudnn_supported_only_where_cudnn_can_express_the_call():
+  q16 = jnp.zeros((1, 8, 4, 64), jnp.bfloat16)
+  plain = AttentionMask.causal(jnp.ones((1, 8), bool))
+  assert attention.cudnn_supported(q16, plain)
+  assert not attention.cudnn_supported(q16.astype(jnp.float32), plain)  # dtype
+  assert not attention.cudnn_supported(jnp.zeros((1, 8, 4, 256), jnp.bfloat16), plain)
+  assert not attention.cudnn_supported(jnp.zeros((1, 8, 4, 20), jnp.bfloat16), plain)
+  packed = AttentionMask.causal(jnp.ones((1, 8), bool), jnp.ones((1, 8), jnp.int32))
+  assert not attention.cudnn_supported(q16, packed)
+  assert not attention.cudnn_supported(q16, _cached(1, 8, 16, 4))
+
+
+def _primitives(fn, *args):
+  return {eqn.primitive.name for eqn in _all_eqns(jax.make_jaxpr(fn)(*args).jaxpr)}
+
+
+def _all_eqns(jaxpr):
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      yield from _all_eqns(sub)
+
+
+def test_dispatch():
+  q, k, v = _qkv(3, 37, 37, 4, 2)
+  mask = CASES["left_padded"](37)
+  run = lambda impl, *x: attention.attention(*x, mask, impl, 8, 8)
+  # auto on this CPU host: blockwise; and the right numbers.
+  real = _real_queries(mask)
+  np.testing.assert_allclose(np.asarray(jax.jit(functools.partial(run, "auto"))(q, k, v))[real],
+                             np.asarray(attention.dense_attention(q, k, v, mask))[real],
+                             rtol=0, atol=ATOL)
+  assert "platform_index" in _primitives(functools.partial(run, "auto"), q, k, v)
+  assert "pallas_call" in _primitives(functools.partial(run, "splash"), q, k, v)
+  # splash with a cache cannot use the kernel: blockwise (a scan), no pallas_call.
+  cached = _cached(2, 6, 24, 10)
+  q6, k24, v24 = _qkv(2, 6, 24, 4, 2)
+  splash_cached = _primitives(lambda *x: attention.attention(*x, cached, "splash"), q6, k24, v24)
+  assert "pallas_call" not in splash_cached and "scan" in splash_cached
+  # decode: one query is dense whatever the choice.
+  one = AttentionMask(jnp.asarray([9]), jnp.ones((2, 24), bool))
+  assert "scan" not in _primitives(lambda *x: attention.attention(*x, one, "blockwise"),
+                                   q6[:, :1], k24, v24)
+  with pytest.raises(ValueError, match="needs a CUDA GPU"):
+    attention.attention(q, k, v, mask, "cudnn")
+  with pytest.raises(ValueError, match="expected one of"):
+    attention.attention(q, k, v, mask, "flash")
