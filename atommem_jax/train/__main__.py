@@ -9,6 +9,7 @@ Multi-host: --coordinator_address/--num_processes/--process_id, or --distributed
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 from absl import app
@@ -52,10 +53,13 @@ def main(argv: Sequence[str]) -> None:
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
   from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import stages  # pylint: disable=g-import-not-at-top
   try:
     loop.run(_CONFIG.value, _workdir())
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from e
+  except stages.NonFiniteUpdateError as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,26 @@ Params = dict[str, Any]
 Evaluator = Callable[[Params, str, int], dict[str, float]]
 
 
+class NonFiniteUpdateError(RuntimeError):
+  """A step's loss or gradient was NaN or inf: the update was not applied, the run stops."""
+
+
+def _stop_if_skipped(job: Job, manager: checkpoint_lib.Checkpointer, metrics, stage: str,
+                     step: int) -> None:
+  """Raises NonFiniteUpdateError when the step (`steps._apply`) refused its update."""
+  if float(metrics["update_skipped"]) == 0:
+    return
+  job.writer.flush()
+  manager.wait_until_finished()
+  latest = manager.latest_step()
+  kept = (f"the newest checkpoint, step {latest} of {manager.directory}, is kept and a rerun "
+          "resumes from it" if latest is not None else f"no checkpoint of {stage} was saved yet")
+  raise NonFiniteUpdateError(
+      f"{stage} step {step}: loss {float(metrics['loss'])}, grad_norm "
+      f"{float(metrics['grad_norm'])}: not finite, so the update was not applied and the run "
+      f"stops; {kept}. Lower {stage}.lr or check this step's data")
+
+
 def stage_key(seed: int, stage: str, step: int) -> jax.Array:
   """The PRNG key of (seed, stage, step): rollouts and shuffles never depend on history."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _STAGE_IDS[stage]), step)
@@ -185,6 +205,7 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
       state, metrics = sft_step(state, batch)
       timing = timer.stop(float(np.sum(batch.segment_ids > 0)), metrics)
       job.writer.write(offset + step + 1, {**metrics, **timing}, prefix="sft/")
+      _stop_if_skipped(job, manager, metrics, SFT, step + 1)
       if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == c.steps:
         _save(job, manager, state, SFT, step + 1, force=step + 1 == c.steps)
       _maybe_evaluate(job, evaluate, state.params, SFT, step + 1, c.steps, offset)
@@ -277,6 +298,7 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
       timing = timer.stop(float(tokens), state.step)
       job.writer.write(offset + step + 1, {**update, **_rollout_metrics(rollout), **timing},
                        prefix="grpo/")
+      _stop_if_skipped(job, manager, update, GRPO, step + 1)
       if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == g.steps:
         _save(job, manager, state, GRPO, step + 1, force=step + 1 == g.steps)
       _maybe_evaluate(job, evaluate, state.params, GRPO, step + 1, g.steps, offset)

@@ -89,14 +89,26 @@ def _accumulated_grads(loss_fn: Callable[..., tuple[jax.Array, Metrics]], params
   return grads, metrics
 
 
-def _apply(state: TrainState, grads: Params, optimizer: optax.GradientTransformation,
-           param_shardings: Params) -> tuple[TrainState, jax.Array]:
+def _apply(state: TrainState, grads: Params, loss: jax.Array,
+           optimizer: optax.GradientTransformation, param_shardings: Params
+           ) -> tuple[TrainState, Metrics]:
+  """One optimizer update, or none when `loss` or a gradient is not finite (NaN or inf).
+
+  The state is donated, so the old one is kept here, in the program: params, optimizer state
+  and step are selected per element. Metrics: grad_norm, and update_skipped (1.0: no update).
+  """
   grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+  keep = lambda new, old: jnp.where(finite, new, old)
+  new_state = TrainState(step=keep(state.step + 1, state.step),
+                         params=jax.tree.map(keep, params, state.params),
+                         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
                          rng=state.rng)
-  return new_state, optax.global_norm(grads)
+  return new_state, {"grad_norm": grad_norm,
+                     "update_skipped": 1.0 - finite.astype(jnp.float32)}
 
 
 def _check_rows(batch: TrainBatch, grad_accum_steps: int) -> None:
@@ -155,11 +167,11 @@ def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
 
     grads, metrics = _accumulated_grads(loss_fn, state.params, batch, grad_accum_steps, mesh,
                                         rules)
-    state, grad_norm = _apply(state, grads, optimizer, shardings.params)
+    state, update_metrics = _apply(state, grads, metrics["loss"], optimizer, shardings.params)
     if prompt_loss_weight:
       metrics["prompt_loss"] = (metrics.pop("prompt_nll_sum")
                                 / jnp.maximum(metrics.pop("prompt_tokens"), 1.0))
-    return state, {**metrics, "grad_norm": grad_norm}
+    return state, {**metrics, **update_metrics}
 
   @functools.cache
   def compiled(shape: tuple[int, int]):
@@ -209,8 +221,8 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
 
     grads, metrics = _accumulated_grads(loss_fn, state.params, batch, grad_accum_steps, mesh,
                                         rules)
-    state, grad_norm = _apply(state, grads, optimizer, shardings.params)
-    return state, {**metrics, "grad_norm": grad_norm}
+    state, update_metrics = _apply(state, grads, metrics["loss"], optimizer, shardings.params)
+    return state, {**metrics, **update_metrics}
 
   @functools.cache
   def compiled(shape: tuple[int, int]):
