@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from atommem_jax.model import attention
+from atommem_jax.model import qwen3
 from atommem_jax.model.attention import AttentionMask
+from _hf_reference import make_reference
 
 ATOL = 2e-5
 
@@ -201,3 +203,25 @@ def test_dispatch():
     attention.attention(q, k, v, mask, "cudnn")
   with pytest.raises(ValueError, match="expected one of"):
     attention.attention(q, k, v, mask, "flash")
+
+
+@pytest.mark.parametrize("implementation", ["blockwise", "dense"])
+def test_qwen3_forward_matches_transformers(implementation):
+  """The whole model with this attention, left-padded rows, against transformers."""
+  ref = make_reference(seed=5)
+  config = ref.config.replace(attention=implementation, attention_block_q=4,
+                              attention_block_k=8)
+  ids = np.random.RandomState(5).randint(0, 1000, (3, 11)).astype(np.int32)
+  mask = np.array([[1] * 11, [0] * 4 + [1] * 7, [0] * 9 + [1] * 2], np.int32)
+  ours = np.asarray(jax.jit(qwen3.logits, static_argnums=0)(config, ref.params, ids, mask))
+  theirs = ref.logits(ids, mask, np.maximum(np.cumsum(mask, axis=-1) - 1, 0))
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours[real], theirs[real], rtol=0, atol=1e-4)
+
+
+def test_config_rejects_unknown_attention_and_bad_blocks():
+  config = make_reference().config
+  with pytest.raises(ValueError, match="attention='flash'; expected one of"):
+    config.replace(attention="flash")
+  with pytest.raises(ValueError, match="attention_block_k=0"):
+    config.replace(attention_block_k=0)

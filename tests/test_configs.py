@@ -125,7 +125,8 @@ def test_architecture_overrides_are_the_models_fields_and_set_from_the_command_l
   """model.overrides holds one typed placeholder per Qwen3Config architecture field, so the
   train CLI's flags can set any of them on any config, with values parsed to the field's
   type; a misspelt field or a value of the wrong type stops the parse with the flag named."""
-  execution = {"param_dtype", "dtype", "remat", "scan_layers"}
+  execution = {"param_dtype", "dtype", "remat", "scan_layers", "attention", "attention_block_q",
+               "attention_block_k"}
   hints = typing.get_type_hints(model_config_lib.Qwen3Config)
   fields = [f.name for f in dataclasses.fields(model_config_lib.Qwen3Config)
             if f.name not in execution]

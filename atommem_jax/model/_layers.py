@@ -13,13 +13,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from atommem_jax.model import attention
 from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
 
 KvCache = tuple[jax.Array, jax.Array]  # (k, v), each [B, S, K, H]
 
 _KERNEL_INIT = nn.initializers.normal(stddev=0.02)  # HF initializer_range
-_MASKED_LOGIT = float(jnp.finfo(jnp.float32).min)  # finite: fully masked rows stay NaN-free
 _HIDDEN = ("act_batch", "act_length", "act_embed")
 
 
@@ -75,20 +75,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array) -> jax.Array:
-  """q [B, T, N, H], k/v [B, S, K, H], mask [B, T, S] bool -> [B, T, N, H]; softmax in fp32."""
-  batch, length, num_heads, head_dim = q.shape
-  num_kv_heads = k.shape[2]
-  q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
-  scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k.astype(q.dtype),
-                      preferred_element_type=jnp.float32) * head_dim**-0.5
-  scores = jnp.where(mask[:, None, None], scores, _MASKED_LOGIT)
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(q.dtype))
-  return out.reshape(batch, length, num_heads, head_dim)
-
-
 class Attention(nn.Module):
   """Grouped-query attention with per-head q/k RMSNorm before RoPE (Qwen3)."""
 
@@ -96,10 +82,13 @@ class Attention(nn.Module):
   shard: sharding.ActivationSharding = sharding.ActivationSharding()
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: attention.AttentionMask,
                kv_cache: KvCache | None = None,
                cache_index: jax.Array | None = None) -> tuple[jax.Array, KvCache | None]:
-    """x [B, T, D], positions [B, T], mask [B, T, S]; kv_cache gets k/v at cache_index."""
+    """x [B, T, D], positions [B, T]; kv_cache gets k/v at cache_index.
+
+    Attention is computed by config.attention (see attention.py) over the mask description.
+    """
     cfg = self.config
     d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     qkv_bias = 2 if cfg.attention_bias else 0  # bias over (heads, head_dim)
@@ -123,7 +112,9 @@ class Attention(nn.Module):
       value = jax.lax.dynamic_update_slice(cache_v, value.astype(cache_v.dtype), start)
       new_cache = (key, value)
     kv_axes = ("act_batch", "act_length", "act_kv_heads", "head_dim")
-    out = dot_product_attention(q, self.shard(key, kv_axes), self.shard(value, kv_axes), mask)
+    out = attention.attention(q, self.shard(key, kv_axes), self.shard(value, kv_axes), mask,
+                              cfg.attention, cfg.attention_block_q, cfg.attention_block_k,
+                              self.shard)
     out = self.shard(out, ("act_batch", "act_length", "act_heads", "head_dim"))
     out = Einsum("BTNH,NHD->BTD", (n, h, d), ("q_heads", "head_dim", "embed"), o_bias,
                  name="o_proj", **kw)(out)
@@ -155,7 +146,7 @@ class DecoderLayer(nn.Module):
   shard: sharding.ActivationSharding = sharding.ActivationSharding()
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: attention.AttentionMask,
                kv_cache: KvCache | None,
                cache_index: jax.Array | None) -> tuple[jax.Array, KvCache | None]:
     """x [B, T, D] -> ([B, T, D], updated kv_cache); signature fits nn.scan (carry, xs)."""

@@ -31,8 +31,8 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
 from atommem_jax.model import sharding
+from atommem_jax.model.config import ATTENTION_IMPLEMENTATIONS
 
-IMPLEMENTATIONS = ("auto", "dense", "blockwise", "cudnn", "splash")
 _MASKED_LOGIT = float(jnp.finfo(jnp.float32).min)  # finite: fully masked rows stay NaN-free
 _SPLASH_LANES = 128  # splash block sizes are multiples of this
 
@@ -367,9 +367,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
   cuDNN on GPU where `cudnn_supported` (else blockwise). A fused kernel that cannot express
   a call falls back to blockwise. T == 1 (decode) is dense for every choice.
   """
-  if implementation not in IMPLEMENTATIONS:
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r}; expected one of "
-                     f"{IMPLEMENTATIONS}")
+                     f"{ATTENTION_IMPLEMENTATIONS}")
   if implementation == "dense" or q.shape[1] == 1:
     return dense_attention(q, k, v, mask)
   blockwise = functools.partial(blockwise_attention, block_q=block_q, block_k=block_k)

@@ -2,7 +2,7 @@
 
 `Qwen3Config` is a frozen dataclass so it can be a static argument of jitted functions.
 Architecture fields mirror `transformers.Qwen3Config`; the execution fields (dtypes,
-remat, scan) are ours and never written to config.json.
+remat, scan, attention) are ours and never written to config.json.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ _DTYPES = {
 }
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+# How attention is computed (atommem_jax.model.attention); "auto" picks per platform.
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Qwen3Config:
   dtype: str = "float32"  # compute dtype for matmuls; softmax and logits are always fp32
   remat: str = "none"  # one of REMAT_POLICIES, applied per layer
   scan_layers: bool = True  # lax.scan over the stacked layers; False unrolls them
+  attention: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS
+  attention_block_q: int = 512  # query / key tile of the blockwise and splash kernels
+  attention_block_k: int = 512
 
   def __post_init__(self):
     if self.num_attention_heads % self.num_key_value_heads:
@@ -56,6 +61,12 @@ class Qwen3Config:
           f"num_key_value_heads ({self.num_key_value_heads})")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(
+          f"attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
+    for field in ("attention_block_q", "attention_block_k"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"{field}={getattr(self, field)}; must be a positive number of tokens")
     for field in ("param_dtype", "dtype"):
       if getattr(self, field) not in _DTYPES:
         raise ValueError(f"{field}={getattr(self, field)!r}; expected one of {sorted(_DTYPES)}")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from atommem_jax.model import _layers
+from atommem_jax.model import attention
 from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
 
@@ -57,11 +58,12 @@ class Qwen3(nn.Module):
   shard: sharding.ActivationSharding = sharding.ActivationSharding()
 
   @nn.compact
-  def __call__(self, token_ids: jax.Array, positions: jax.Array, mask: jax.Array,
-               kv_cache: _layers.KvCache | None = None,
+  def __call__(self, token_ids: jax.Array, positions: jax.Array,
+               mask: attention.AttentionMask, kv_cache: _layers.KvCache | None = None,
                cache_index: jax.Array | None = None,
                ) -> tuple[jax.Array, _layers.KvCache | None]:
-    """token_ids/positions [B, T], mask [B, T, S] -> (fp32 logits [B, T, V], stacked kv)."""
+    """token_ids/positions [B, T], mask (which keys each query sees) -> (fp32 logits
+    [B, T, V], stacked kv)."""
     cfg = self.config
     embedder = Embedder(cfg, name="embedder")
     x = self.shard(embedder.encode(token_ids), ("act_batch", "act_length", "act_embed"))
@@ -81,7 +83,8 @@ class Qwen3(nn.Module):
 def _init_fn(config: Qwen3Config):
   def init(rng: jax.Array) -> Any:
     ids = jnp.zeros((1, 1), jnp.int32)
-    return Qwen3(config).init(rng, ids, ids, jnp.ones((1, 1, 1), bool))["params"]
+    mask = attention.AttentionMask.causal(jnp.ones((1, 1), bool))
+    return Qwen3(config).init(rng, ids, ids, mask)["params"]
   return init
 
 
@@ -149,19 +152,14 @@ def forward(config: Qwen3Config, params: Params, token_ids: jax.Array, positions
       raise ValueError("forward: segment_ids (packed sequences) cannot be used with a KV "
                        "cache; decode each sequence in its own batch row instead")
     valid = valid & (segment_ids != 0)
-  slots = jnp.arange(length)
   if cache is None:
     key_valid, kv_cache, index = valid, None, None
-    query_slots = slots
+    mask = attention.AttentionMask.causal(valid, segment_ids)
   else:
     index = cache["index"]
     key_valid = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, index))
     kv_cache = (cache["k"], cache["v"])
-    query_slots = index + slots
-  key_slots = jnp.arange(key_valid.shape[1])
-  mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]
-  if segment_ids is not None:
-    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    mask = attention.AttentionMask(index + jnp.arange(length, dtype=jnp.int32), key_valid)
   shard = sharding.ActivationSharding(mesh, rules or sharding.DEFAULT_RULES)
   vocab_logits, kv_cache = Qwen3(config, shard).apply(
       {"params": params}, token_ids, positions, mask, kv_cache, index)
