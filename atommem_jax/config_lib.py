@@ -95,7 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.env = ml_collections.ConfigDict(dict(
       chunk_tokens=4000, chunk_overlap=100, max_chunks=40, top_k=6, max_retrieved_tokens=4096,
-      max_queries_per_question=3, max_steps=0, max_response_chars=32768, max_content_chars=4000,
+      max_queries_per_question=3, max_steps=0, max_response_chars=32768, max_content_chars=0,
+      max_prompt_tokens=16384, initial_query="(none yet)",
       enable_scratchpad=True, enable_store=True, enable_create=True, enable_read=True,
       enable_update=True, enable_delete=True,
       max_store_entries=0, store_size_penalty=0.0, store_free_size=0, prompt_template="",
@@ -273,7 +274,7 @@ def env_config(c: ml_collections.ConfigDict):
   for name in ACTION_SWITCHES:
     if "enable_" + name in fields:
       fields[name] = fields.pop("enable_" + name)
-  for name in ("max_steps", "max_store_entries"):
+  for name in ("max_steps", "max_store_entries", "max_content_chars"):
     fields[name] = fields[name] or None
   fields["prompt_template"] = fields["prompt_template"] or None
   try:

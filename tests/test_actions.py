@@ -39,8 +39,9 @@ def _check_invariants(parsed, num_retrieved, max_content_chars, allowed):
     else:
       assert action.memory_index is None
     assert action.text == action.text.strip()
-    assert len(action.text) <= max_content_chars
-    assert (action.text == "") == (action.kind is K.DELETE)
+    if action.kind is not K.ANSWER:  # an answer is never dropped for its content
+      assert len(action.text) <= max_content_chars
+      assert (action.text == "") == (action.kind is K.DELETE)
   assert all(count <= 1 for count in single_counts.values())
   assert all(problem.kind in actions_lib.PROBLEM_KINDS for problem in parsed.problems)
 
@@ -141,10 +142,6 @@ def _kinds(parsed):
     ("<modify_memory>Memory 1:  </modify_memory>", 3, "empty_content"),
     ("<final_answer>\\boxed{}</final_answer>", 0, "empty_content"),
     ("<add_memory>" + "x" * 4001 + "</add_memory>", 0, "oversized_content"),
-    ("<update_memory>a</update_memory><update_memory>b</update_memory>", 0,
-     "duplicate_single_action"),
-    ("<update_query>a</update_query><update_query>b</update_query>", 0,
-     "duplicate_single_action"),
     ("<final_answer>\\boxed{a}</final_answer><final_answer>\\boxed{b}</final_answer>", 0,
      "duplicate_single_action"),
     ("<delete_memory>Memory 1</delete_memory><modify_memory>Memory 1: x</modify_memory>", 2,
@@ -152,7 +149,7 @@ def _kinds(parsed):
     ("<final_answer>Paris</final_answer>", 0, "missing_boxed"),
 ])
 def test_each_problem_kind_is_reported(text, num_retrieved, problem):
-  parsed = parse_response(text, num_retrieved=num_retrieved)
+  parsed = parse_response(text, num_retrieved=num_retrieved, max_content_chars=4000)
   assert problem in _kinds(parsed)
 
 
@@ -164,14 +161,19 @@ def test_every_declared_problem_kind_is_exercised():
 
 
 def test_dropped_and_kept_actions():
-  # Singles: the last valid one wins; memory edits: the first wins.
+  # Scratchpad rewrites and Reads: all kept in order (applied one after another); the last
+  # answer wins; memory edits: the first wins. An answer without \boxed{} is an empty one.
   parsed = parse_response(
-      "<update_memory>old</update_memory><update_memory>new</update_memory>"
+      "<update_memory>old</update_memory><update_query>q1</update_query>"
+      "<update_memory>new</update_memory><update_query>q2</update_query>"
       "<modify_memory>Memory 2: first</modify_memory><delete_memory>Memory 2</delete_memory>"
-      "<final_answer>Paris</final_answer>",
+      "<final_answer>\\boxed{Rome}</final_answer><final_answer>Paris</final_answer>",
       num_retrieved=2)
-  assert parsed.actions == (Action(K.SCRATCHPAD, "new"), Action(K.UPDATE, "first", 2),
-                            Action(K.ANSWER, "Paris"))
+  assert parsed.actions == (Action(K.SCRATCHPAD, "old"), Action(K.READ, "q1"),
+                            Action(K.SCRATCHPAD, "new"), Action(K.READ, "q2"),
+                            Action(K.UPDATE, "first", 2), Action(K.ANSWER, ""))
+  assert _kinds(parsed) == ["missing_boxed", "conflicting_memory_ref",
+                            "duplicate_single_action"]
   # Nested: container and contents dropped; unclosed: contents still count.
   parsed = parse_response("<add_memory>a <update_query>q</update_query> b</add_memory>",
                           num_retrieved=0)
@@ -267,3 +269,24 @@ recent, I choose to delete Entry 2. <delete_memory>Memory 2</delete_memory>
   final = parse_response("<final_answer>\\boxed{\\text{Riccardo Cocchi}}</final_answer>.",
                          num_retrieved=6)
   assert final.actions == (Action(K.ANSWER, "\\text{Riccardo Cocchi}"),)
+
+
+def test_opening_tags_may_carry_attributes_and_long_contents_are_kept():
+  """The reference parser's pattern is <(\\w+)[^>]*>(.*?)</\\1>: attributes in the opening
+  tag are accepted; a closing tag is bare; no content length limit by default."""
+  long_fact = "fact " * 2000
+  parsed = parse_response(f'<add_memory id="3" kind=fact>{long_fact}</add_memory>'
+                          "<update_query\n lang=en>q</update_query>"
+                          "<final_answer style='short'>\\boxed{x}</final_answer>",
+                          num_retrieved=0)
+  assert parsed.actions == (Action(K.CREATE, long_fact.strip()), Action(K.READ, "q"),
+                            Action(K.ANSWER, "x"))
+  assert parsed.problems == ()
+  # A closing tag with attributes closes nothing; a name that only starts like a tag name
+  # is another tag.
+  parsed = parse_response("<update_query>a</update_query x><add_memoryx>b</add_memory>",
+                          num_retrieved=0)
+  assert parsed.actions == ()
+  assert _kinds(parsed) == ["stray_close_tag", "unclosed_tag"]
+  parsed = parse_response("<add_memoryx>b</add_memory>", num_retrieved=0)
+  assert parsed.actions == () and _kinds(parsed) == ["unknown_tag", "stray_close_tag"]

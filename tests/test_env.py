@@ -57,25 +57,26 @@ def _entry_ids(env: env_lib.MemoryEnv) -> dict[str, int]:
   return {entry.text: entry.id for entry in env.results()[0].memories}
 
 
-def test_read_has_one_step_latency_and_reshows_the_chunk():
+def test_read_sets_the_query_of_the_next_prompt_and_reshows_the_chunk():
   env = _env()
   [first] = env.reset([_context()])
   assert first.phase == "read" and first.chunk_index == 0 and first.num_chunks > 3
+  assert first.query == env.config.initial_query and first.retrieved == ()
   [second] = env.step(["<add_memory>The tower of Place 0 is old.</add_memory>"])
-  assert second.chunk_index == 1 and second.retrieved == () and second.query == ""
+  # The placeholder query already finds the new entry; the Create moved on.
+  assert second.chunk_index == 1 and _shown_memories(second) == {
+      "The tower of Place 0 is old.": 1}
   [third] = env.step(["<update_memory>notes</update_memory>"
                       "<update_query>tower of Place 0</update_query>"])
-  # The query issued at step 1 is not answered in step 1's prompt ...
-  assert "Memory 1:" not in second.prompt_text
-  # ... but in step 2's, which shows the same chunk again.
+  # The query issued at step 1 is searched in step 2's prompt, which shows the same chunk.
   assert third.chunk_index == 1 and third.chunk_text == second.chunk_text
   assert third.query == "tower of Place 0" and third.scratchpad == "notes"
-  assert _shown_memories(third) == {"The tower of Place 0 is old.": 1}
   assert [r.text for r in third.retrieved] == ["The tower of Place 0 is old."]
   assert third.queries_used == 1 and "Queries used here: 1 of 3." in third.prompt_text
-  # A Create moves on, and the query persists: later prompts search it again.
+  # A Create moves on and resets the query count; the query persists.
   [fourth] = env.step(["<add_memory>Place 1 has three bridges.</add_memory>"])
   assert fourth.chunk_index == 2 and fourth.queries_used == 0
+  assert fourth.query == "tower of Place 0"
   assert set(_shown_memories(fourth)) == {"The tower of Place 0 is old.",
                                           "Place 1 has three bridges."}
 
@@ -117,7 +118,7 @@ def test_invalid_actions_are_counted_and_not_applied():
   assert [entry.text for entry in result.memories] == ["one", "two"]
   assert result.stats.invalid == {"store_full": 1, "memory_index_out_of_range": 1}
   assert result.stats.creates == 2 and result.stats.deletes == 0
-  env.step(["<final_answer>\\boxed{x}</final_answer><modify_memory>Memory 1: a"
+  env.step(["<final_answer>\\boxed{x}</final_answer><modify_memory>Memory 3: a"
             "</modify_memory><bogus>"])
   result = env.results()[0]
   assert result.stats.invalid == {"store_full": 1, "memory_index_out_of_range": 2,
@@ -126,45 +127,6 @@ def test_invalid_actions_are_counted_and_not_applied():
   turn = result.trajectory[-1]
   assert turn.actions == () and {p.kind for p in turn.problems} == {
       "memory_index_out_of_range", "disabled_action", "unknown_tag"}
-
-
-def test_query_limit_moves_on():
-  env = _env(max_queries_per_question=2)
-  [start] = env.reset([_context()])
-  observations = [start]
-  for query in ("first", "second", "third"):
-    observations += env.step([f"<update_query>{query}</update_query>"])
-  assert [o.chunk_index for o in observations] == [0, 0, 0, 1]
-  assert [o.queries_used for o in observations] == [0, 1, 2, 0]
-  assert observations[-1].query == "second"
-  stats = env.results()[0].stats
-  assert stats.reads == 2 and stats.invalid == {"query_limit": 1}
-
-
-def test_answer_phase_over_several_questions():
-  context = _context(num_docs=2, questions=(("Capital of Zorland?", "Paris"),
-                                            ("Largest lake?", "Lake Blue"),
-                                            ("Oldest tower?", "Place 1")))
-  env = _env(chunk_tokens=4000)
-  [observation] = env.reset([context])
-  assert observation.num_chunks == 1
-  [observation] = env.step(["<add_memory>Lake Blue is the largest lake.</add_memory>"])
-  assert observation.phase == "answer" and observation.question_index == 0
-  assert observation.chunk_text == "" and "Answer question 1 of 3 now:\nCapital of Zorland?" in (
-      observation.prompt_text)
-  [observation] = env.step(["<final_answer>\\boxed{paris.}</final_answer>"])
-  assert observation.question_index == 1 and observation.retrieved == ()
-  [observation] = env.step(["<update_query>largest lake</update_query>"])
-  assert observation.question_index == 1 and observation.queries_used == 1
-  assert _shown_memories(observation) == {"Lake Blue is the largest lake.": 1}
-  [observation] = env.step(["<final_answer>\\boxed{The Lake Blue}</final_answer>"])
-  assert observation.question_index == 2
-  assert env.step(["I guess \\boxed{Place 2}, no: \\boxed{the Place 1}"]) == []
-  assert env.done == [True]
-  result = env.results()[0]
-  assert result.answers == ("paris.", "The Lake Blue", "the Place 1")
-  assert result.exact_match == (1.0, 1.0, 1.0) and result.reward == 1.0
-  assert [turn.phase for turn in result.trajectory] == ["read"] + ["answer"] * 4
 
 
 def test_step_guard_ends_runaway_episodes():
@@ -217,7 +179,7 @@ def test_stats_and_prompt_rendering_match_the_tokenizer():
   [observation] = env.reset([_context()])
   expected_text = tokenizer.apply_chat_template(
       list(observation.messages), tokenize=False, add_generation_prompt=True,
-      enable_thinking=False)
+      enable_thinking=True)
   assert observation.prompt_text == expected_text
   assert list(observation.prompt_token_ids) == tokenizer.encode(expected_text,
                                                                 add_special_tokens=False)
@@ -284,7 +246,9 @@ def test_one_embedding_call_of_each_kind_per_step():
   embedder = _CountingEmbedder()
   env = _env(embedder=embedder)
   observations = env.reset([_context(context_id=f"c{i}") for i in range(3)])
-  assert len(observations) == 3 and embedder.calls == []
+  # The placeholder query is embedded once, at the first reset.
+  assert len(observations) == 3 and embedder.calls == [("queries", 1)]
+  embedder.calls.clear()
   env.step(["<add_memory>a</add_memory><add_memory>b</add_memory>",
             "<update_query>x</update_query>",
             "<add_memory>c</add_memory><update_query>y</update_query>"])
@@ -342,7 +306,8 @@ def test_user_template_file(tmp_path):
       f"Q: 1. What is the capital of Zorland?\nPAD: (empty)\nMEM: (no memories)\n"
       f"CHUNK 1/{observation.num_chunks}: {observation.chunk_text}\n{{literal}}")
   assert observation.messages[0]["content"] == prompts.PromptTemplate().system.format(
-      actions=prompts.action_instructions(env.config.enabled_actions))
+      actions=prompts.action_instructions(env.config.enabled_actions),
+      examples=prompts.action_examples(env.config.enabled_actions))
   for _ in range(observation.num_chunks):
     [observation] = env.step([""])
   assert observation.messages[1]["content"] == (

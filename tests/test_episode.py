@@ -28,12 +28,13 @@ from atommem_jax.rollout import episode
 from atommem_jax.rollout import host
 from atommem_jax.rollout import sampler
 
+_TINY_TEMPLATE = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny_prompt.txt")
 ENV_CONFIG = env_lib.EnvConfig(chunk_tokens=128, chunk_overlap=8, max_chunks=8, top_k=3,
                                max_retrieved_tokens=128, max_queries_per_question=1,
-                               store_backend="exact")
-# Read prompts of these contexts have 440-500 tokens, answer prompts ~400 (random model):
-# the loop switches between both buckets within one run.
-BUCKETS = (400, 512)
+                               store_backend="exact", prompt_template=_TINY_TEMPLATE)
+# With the compact template, read prompts of these contexts have 210-240 tokens and answer
+# prompts 135-160 (oracle): the loop switches between both buckets within one run.
+BUCKETS = (192, 256)
 MODEL = config_lib.preset("tiny-qwen-vocab")
 MESHES = {"data8": {"data": 8, "fsdp": 1, "tensor": 1},
           "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
@@ -57,13 +58,13 @@ def _mesh(name: str | None):
   return sharding.make_mesh(MESHES[name])
 
 
-def _scripted_loop(mesh=None, batch_size=8, buckets=(1024,)):
+def _scripted_loop(mesh=None, batch_size=8, buckets=(1024,), make_policy=oracle.OraclePolicy):
   tokenizer = _tokenizer()
   sampling = sampler.SamplingConfig(max_new_tokens=512, greedy=True,
                                     pad_id=tokenizer.pad_token_id)
   return episode.EpisodeLoop(None, tokenizer, ENV_CONFIG, HashingEmbedder(256),
                              batch_size=batch_size, prompt_buckets=buckets, sampling=sampling,
-                             mesh=mesh, make_policy=oracle.OraclePolicy)
+                             mesh=mesh, make_policy=make_policy)
 
 
 def _reference(contexts):
@@ -106,12 +107,38 @@ def test_groups_give_every_sample_its_own_store():
   assert examples[0].advantage == 0.5
 
 
+class _FailingPolicy(oracle.OraclePolicy):
+  """The oracle, until its third step: then it raises."""
+
+  def __init__(self):
+    super().__init__()
+    self.calls = 0
+
+  def act(self, observations):
+    self.calls += 1
+    if self.calls == 3:
+      raise RuntimeError("scripted policy failed at its third step")
+    return super().act(observations)
+
+
 def test_a_host_error_stops_the_loop_and_is_raised_with_its_message():
-  loop = _scripted_loop(buckets=(64,))
-  with pytest.raises(ValueError, match="exceeds the largest prompt bucket 64"):
+  loop = _scripted_loop(make_policy=_FailingPolicy)
+  with pytest.raises(RuntimeError, match="failed at its third step"):
     loop.run(None, _contexts(2), jax.random.key(0))
   with pytest.raises(ValueError, match="1 to 8 episodes"):
     loop.run(None, _contexts(5), jax.random.key(0), group_size=2)
+
+
+def test_prompts_over_the_largest_bucket_are_cut_not_fatal():
+  """The loop lowers the environment's prompt budget to its largest bucket: a prompt that
+  would not fit is cut (oldest memories first, ...) and counted; the episodes finish."""
+  rollout = _scripted_loop(buckets=(160,)).run(None, _contexts(2), jax.random.key(0))
+  for episode_rollout in rollout.episodes:
+    stats = episode_rollout.result.stats
+    assert stats.prompt_cuts > 0 and max(stats.prompt_tokens) <= 160
+    assert all(len(turn.prompt_token_ids) <= 160
+               for turn in episode_rollout.result.trajectory)
+    assert len(episode_rollout.result.trajectory) == stats.steps > 0
 
 
 @functools.lru_cache(maxsize=None)

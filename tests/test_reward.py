@@ -127,6 +127,34 @@ def test_extract_boxed(text, expected):
   assert reward.extract_boxed(text) == expected
 
 
+def _extract_boxed_by_rescanning(text):
+  """Reference: from every \\boxed{ in turn, scan forward for its closing brace (quadratic)."""
+  found, start = None, text.find("\\boxed{")
+  while start != -1:
+    pos, depth = start + len("\\boxed{"), 1
+    while pos < len(text):
+      if text[pos] == "\\":
+        pos += 2
+        continue
+      depth += {"{": 1, "}": -1}.get(text[pos], 0)
+      if depth == 0:
+        break
+      pos += 1
+    if depth:
+      start = text.find("\\boxed{", start + len("\\boxed{"))
+      continue
+    found = text[start + len("\\boxed{"):pos].strip()
+    start = text.find("\\boxed{", pos + 1)
+  return found
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["\\boxed{", "\\boxed", "{", "}", "\\", "\\{", "\\}",
+                                 "a", " ", "\\\\boxed{", "x}"]), max_size=40).map("".join))
+def test_extract_boxed_equals_rescanning_from_every_box(text):
+  assert reward.extract_boxed(text) == _extract_boxed_by_rescanning(text)
+
+
 def test_context_reward_is_mean_em():
   golds = [["Paris"], ["Rush", "Rush (band)"], ["yes"], ["1998"]]
   predictions = ["paris", "Rush (band)", "no", None]

@@ -11,27 +11,33 @@ checkpoints, so they run unchanged):
   <final_answer>\boxed{answer}</final_answer>    ANSWER
 
 Rules (model output is untrusted: `parse_response` never raises; whatever is not applied
-is reported as a `Problem`):
+is reported as a `Problem`). Parsing is linear in the length of the response.
 - Text outside action tags is ignored. Reasoning is removed first: every
   `<think>...</think>` block, and everything before a leading `</think>` (the chat template
   opened the block in the prompt). An unclosed `<think>` hides the rest of the response.
-- Tag names are case-insensitive. Outside action content, a tag with another name is
-  reported as "unknown_tag"; inside action content it is plain text.
+- Tag names are case-insensitive. An opening tag may carry attributes
+  (`<add_memory id="3">`), as the reference parser's `<(\w+)[^>]*>` allows; a closing tag is
+  bare. Outside action content, a tag with another name is reported as "unknown_tag";
+  inside action content it is plain text.
 - An action opened inside another action ("nested_tag") is dropped with its container. An
   action never closed ("unclosed_tag") is dropped; actions inside it still count.
-- Content is stripped of surrounding whitespace; empty content ("empty_content") or content
-  longer than `max_content_chars` ("oversized_content") is dropped.
+- Content is stripped of surrounding whitespace; empty content ("empty_content") is dropped,
+  and so is content longer than `max_content_chars` ("oversized_content") when a limit is
+  given (None, the default, keeps any length, as the reference does).
 - "Memory i" (case-insensitive, 1-based) numbers the entries of the last retrieval shown;
   i outside 1..num_retrieved is "memory_index_out_of_range", a malformed reference is
   "bad_memory_ref". DELETE ignores text after "Memory i", as the reference parser does.
-- SCRATCHPAD, READ and ANSWER are single actions: the LAST valid one is kept, as in the
-  reference implementation where each overwrites the previous ("duplicate_single_action").
-  UPDATE/DELETE of an entry already targeted earlier in the response is dropped: the first
-  edit wins ("conflicting_memory_ref").
+- SCRATCHPAD and READ actions are all kept, in order: the environment applies them one after
+  another as the reference loop does (the last text stays, every Read counts against the
+  query budget). ANSWER is one per response: the LAST one is kept
+  ("duplicate_single_action"). UPDATE/DELETE of an entry already targeted earlier in the
+  response is dropped: the first edit wins ("conflicting_memory_ref").
 - An action whose kind is not in `allowed` (ablations, or a phase that forbids it) is
   dropped ("disabled_action").
-- ANSWER text is the content of the last balanced `\boxed{...}`; without one, the action is
-  kept with the stripped raw content and "missing_boxed" is reported.
+- ANSWER text is the content of the last balanced `\boxed{...}`. An ANSWER is never dropped
+  for its content: without a box its text is empty ("missing_boxed"; an answer outside
+  `\boxed{}` scores 0, as in the reference reward), and an empty box is reported as
+  "empty_content".
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ class ActionKind(enum.Enum):
 
 
 ALL_KINDS = frozenset(ActionKind)
-SINGLE_KINDS = frozenset({ActionKind.SCRATCHPAD, ActionKind.READ, ActionKind.ANSWER})
+# Kinds of which one per response counts (the last).
+SINGLE_KINDS = frozenset({ActionKind.ANSWER})
 PROBLEM_KINDS = (
     "unknown_tag", "unclosed_tag", "stray_close_tag", "nested_tag", "disabled_action",
     "empty_content", "oversized_content", "bad_memory_ref", "memory_index_out_of_range",
@@ -86,7 +93,9 @@ class ParsedResponse:
 
 
 _KIND_BY_TAG = {kind.value: kind for kind in ActionKind}
-_TAG = re.compile(r"<(/?)([A-Za-z_]\w*)>")
+# A tag: "<name>", "<name attributes>" or "</name>". Attributes stop at the next "<", so that
+# a "<" without ">" is scanned once, whatever follows.
+_TAG = re.compile(r"<(/?)([A-Za-z_]\w*)(\s[^<>]*)?>")
 _THINK = re.compile(r"<(/?)think>", re.IGNORECASE)
 _UPDATE_REF = re.compile(r"memory\s*(\d+)\s*:(.*)\Z", re.IGNORECASE | re.DOTALL)
 _DELETE_REF = re.compile(r"memory\s*(\d+)\b", re.IGNORECASE)
@@ -95,17 +104,18 @@ _MAX_INDEX_DIGITS = 9  # longer numbers are out of range anyway; int() of huge o
 
 @dataclasses.dataclass
 class _Element:
-  """A tagged span found in the response; `children` are actions closed inside it."""
+  """A tagged span opened in the response; `parent` is the element open around it (or -1)."""
 
   kind: ActionKind
   ordinal: int  # 1 for the first opening tag of this kind in the response, 2 for the next...
-  start: int  # position of the opening tag
   content_start: int
+  parent: int
+  closed: bool = False
   content: str = ""
   children: list[_Element] = dataclasses.field(default_factory=list)
 
 
-def parse_response(text: str, *, num_retrieved: int, max_content_chars: int = 4000,
+def parse_response(text: str, *, num_retrieved: int, max_content_chars: int | None = None,
                    allowed: frozenset[ActionKind] = ALL_KINDS) -> ParsedResponse:
   """Parses the actions of one model response; total: never raises for any string."""
   problems: list[Problem] = []
@@ -114,7 +124,9 @@ def parse_response(text: str, *, num_retrieved: int, max_content_chars: int = 40
   for element in _tagged_elements(text, problems):
     tag = f"<{element.kind.value}> #{element.ordinal}"
     if element.children:
-      inner = ", ".join(f"<{child.kind.value}>" for child in element.children)
+      inner = ", ".join(f"<{child.kind.value}>" for child in element.children[:5])
+      if len(element.children) > 5:
+        inner += f" and {len(element.children) - 5} more"
       problems.append(Problem("nested_tag", f"{tag} contains {inner}; all are dropped"))
     elif element.kind not in allowed:
       problems.append(Problem("disabled_action", f"{tag}: this action is disabled here"))
@@ -191,45 +203,68 @@ def _strip_reasoning(text: str, problems: list[Problem]) -> str:
 
 
 def _tagged_elements(text: str, problems: list[Problem]) -> list[_Element]:
-  """Matches action tags with a stack; returns the closed top-level elements in order."""
-  top_level: list[_Element] = []
-  stack: list[_Element] = []
+  """Matches action tags with a stack; returns the closed top-level elements in order.
+
+  Linear: each kind keeps the stack positions of its open elements, so a closing tag finds
+  its element in O(1); an abandoned (unclosed) element hands its closed children to the
+  nearest enclosing element that closes, found in one pass over the elements afterwards.
+  """
+  elements: list[_Element] = []
+  stack: list[int] = []  # indices into `elements`
+  open_at: dict[ActionKind, list[int]] = collections.defaultdict(list)  # stack positions
   opened = collections.Counter()
 
   def abandon_innermost() -> None:
-    element = stack.pop()
+    element = elements[stack.pop()]
+    open_at[element.kind].pop()
     problems.append(Problem("unclosed_tag", f"<{element.kind.value}> #{element.ordinal} "
                             "is never closed; dropped"))
-    (stack[-1].children if stack else top_level).extend(element.children)
 
   for match in _TAG.finditer(text):
     is_close, name = match.group(1) == "/", match.group(2).lower()
     kind = _KIND_BY_TAG.get(name)
-    if kind is None:
+    if kind is None or (is_close and match.group(3) is not None):
       if not stack:
-        problems.append(Problem("unknown_tag", f"{match.group(0)} is not an action tag; "
+        problems.append(Problem("unknown_tag", f"{match.group(0)[:80]} is not an action tag; "
                                 "ignored"))
       continue
     if not is_close:
       opened[kind] += 1
-      stack.append(_Element(kind, opened[kind], match.start(), match.end()))
+      open_at[kind].append(len(stack))
+      stack.append(len(elements))
+      elements.append(_Element(kind, opened[kind], match.end(), stack[-2] if len(stack) > 1
+                               else -1))
       continue
-    depth = next((i for i in reversed(range(len(stack))) if stack[i].kind is kind), None)
-    if depth is None:
+    if not open_at[kind]:
       problems.append(Problem("stray_close_tag", f"{match.group(0)} closes no open tag; "
                               "ignored"))
       continue
+    depth = open_at[kind][-1]
     while len(stack) > depth + 1:
       abandon_innermost()
-    element = stack.pop()
+    element = elements[stack.pop()]
+    open_at[kind].pop()
+    element.closed = True
     element.content = text[element.content_start:match.start()]
-    (stack[-1].children if stack else top_level).append(element)
   while stack:
     abandon_innermost()
-  return sorted(top_level, key=lambda element: element.start)
+  # Parents open before their children: one pass in opening order resolves, for each
+  # element, the nearest enclosing element that closed (-1: none, it is top level).
+  container = [-1] * len(elements)
+  top_level = []
+  for index, element in enumerate(elements):
+    parent = element.parent
+    if parent >= 0:
+      container[index] = parent if elements[parent].closed else container[parent]
+    if element.closed:
+      if container[index] < 0:
+        top_level.append(element)
+      else:
+        elements[container[index]].children.append(element)
+  return top_level
 
 
-def _to_action(element: _Element, tag: str, num_retrieved: int, max_content_chars: int,
+def _to_action(element: _Element, tag: str, num_retrieved: int, max_content_chars: int | None,
                problems: list[Problem]) -> Action | None:
   """Validates one element's content; reports and returns None when it is unusable."""
   kind = element.kind
@@ -255,17 +290,18 @@ def _to_action(element: _Element, tag: str, num_retrieved: int, max_content_char
     if memory_index is None:
       return None
     content = ""
-  elif kind is ActionKind.ANSWER and content:
+  elif kind is ActionKind.ANSWER:
     boxed = extract_boxed(content)
     if boxed is None:
-      problems.append(Problem("missing_boxed", f"{tag}: no \\boxed{{...}}; the whole "
-                              "content is taken as the answer"))
-    else:
-      content = boxed
+      problems.append(Problem("missing_boxed", f"{tag}: no \\boxed{{...}}; an answer "
+                              "outside \\boxed{} scores 0"))
+    elif not boxed:
+      problems.append(Problem("empty_content", f"{tag} has an empty \\boxed{{}}"))
+    return Action(kind, boxed or "")
   if not content and kind is not ActionKind.DELETE:
     problems.append(Problem("empty_content", f"{tag} has no content; dropped"))
     return None
-  if len(content) > max_content_chars:
+  if max_content_chars is not None and len(content) > max_content_chars:
     problems.append(Problem("oversized_content", f"{tag} has {len(content)} characters, "
                             f"over the limit of {max_content_chars}; dropped"))
     return None
@@ -285,7 +321,7 @@ def _memory_index(digits: str, tag: str, num_retrieved: int,
 
 def _deduplicate(candidates: list[tuple[str, Action]],
                  problems: list[Problem]) -> tuple[Action, ...]:
-  """Keeps the last of each single action and the first edit of each memory entry."""
+  """Keeps the last answer and the first edit of each memory entry."""
   last_single = {action.kind: i for i, (_, action) in enumerate(candidates)
                  if action.kind in SINGLE_KINDS}
   edited: dict[int, str] = {}

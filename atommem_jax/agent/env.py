@@ -1,32 +1,45 @@
 r"""The AtomMem episode environment: a host-side state machine over a batch of episodes.
 
-An episode reads one `LongContext` chunk by chunk ("read" phase), then answers each of its
-questions in turn ("answer" phase). Every step shows the agent its questions, scratchpad,
+An episode reads one `LongContext` chunk by chunk ("read" phase), then answers its questions
+one per turn ("answer" phase). Every step shows the agent its question(s), scratchpad,
 current retrieval query, the memories that query finds now, and the current chunk (or the
 question to answer); the agent replies with tagged actions (`agent.actions`).
 
-Step rules:
-- Read latency: a query set at step t is embedded once and searched in the prompts of step
-  t + 1 onwards (the query persists and is searched against the store as it is when each
-  prompt is built, so edits show up). "Memory i" in a response means entry i of the
-  retrieval shown in the prompt that response answers; all its actions use that mapping.
-- Read phase: a response whose only store action is an accepted Read (a scratchpad rewrite
-  may come with it) shows the same chunk again; anything else (Create/Update/Delete, or no
-  store action) moves to the next chunk. After the last chunk the answer phase starts.
-- Answer phase: `<final_answer>` records the answer and moves to the next question; else an
-  accepted Read asks the same question again; else the response's last `\boxed{}` (or "")
-  is recorded. Store edits are not allowed in this phase (a scratchpad rewrite is).
-- Reads per chunk (read phase) or per question (answer phase) are capped at
-  `max_queries_per_question`; a Read past the cap is invalid ("query_limit") and the
-  response counts as having no Read.
+The rules are those of the official loop (RUCBM/AtomMem,
+recurrent/impls/memory_long_short_multiquery.py; docs/protocol.md lists the rules, the
+reference lines and the deviations we keep on purpose):
+- Retrieval every step: the latest query (`initial_query`, a placeholder, until the first
+  Read) is searched over the episode's own store whenever a prompt is built, so memories
+  show from the first step and edits show up at once. A Read sets the query for the next
+  prompt. "Memory i" in a response means entry i of the retrieval shown in the prompt that
+  response answers; all its actions use that mapping.
+- Actions apply in response order. Every memory edit (scratchpad rewrite, Create, Update,
+  Delete) and every answer resets the query count; a Read with `max_queries_per_question`
+  Reads already counted is refused ("query_limit") and skips a question instead: the next
+  question becomes current (in the read phase too: that question is never asked), or, at
+  the last question, the episode ends.
+- Read phase: the next chunk comes after a response with a Create or an Update, or one
+  with no valid action at all (the reference means to move on there; a missing metrics key
+  makes it stay in the published runs). A response with only a scratchpad rewrite, Reads
+  or Deletes shows the same chunk again. Without Create and Update (ablations), every
+  response moves on. After the last chunk the answer phase starts.
+- Answer phase: the prompt shows the current question only; store edits still run; a
+  `<final_answer>` records the answer (its `\boxed{}` content; "" without one, which scores
+  0) and moves to the next question; a turn with neither an answer nor a refused Read asks
+  the same question again.
+- Episode length: at most `max_chunks + 1` turns, reading and answering together (or
+  `max_steps`); unanswered questions score 0.
 - Invalid actions (parser problems, disabled actions, "query_limit", "store_full") are never
   applied and are counted in the episode's stats.
-- `max_steps` ends a runaway episode; its unanswered questions get "".
+- Prompt budget: a prompt over `max_prompt_tokens` is cut, least needed part first: shown
+  memories, oldest entry first; then the scratchpad's head; then the chunk's tail; last,
+  the prompt's head. Cuts are counted in the stats.
 
 Batching: `reset` and `step` return one `Observation` per episode that is not done, in
 episode order, and `step` takes exactly one response per observation of the previous call,
 in the same order. All texts to embed in one `step` (Create/Update texts of every episode)
-go in one `embed_documents` call and all new queries in one `embed_queries` call.
+go in one `embed_documents` call and all accepted queries in one `embed_queries` call. A
+response is cut to `max_response_chars` before it is parsed; nothing reads the rest.
 """
 
 from __future__ import annotations
@@ -50,8 +63,12 @@ from atommem_jax.memory import store as store_lib
 
 READ_PHASE = "read"
 ANSWER_PHASE = "answer"
-_STORE_EDITS = frozenset({ActionKind.CREATE, ActionKind.UPDATE, ActionKind.DELETE})
-_ANSWER_PHASE_KINDS = frozenset({ActionKind.SCRATCHPAD, ActionKind.READ, ActionKind.ANSWER})
+INITIAL_QUERY = "(none yet)"  # the placeholder query (the reference: "defult query, change it!")
+# Edits that reset the query count (the reference's _handle_update/_add/_modify/_delete).
+_MEMORY_EDITS = frozenset({ActionKind.SCRATCHPAD, ActionKind.CREATE, ActionKind.UPDATE,
+                           ActionKind.DELETE})
+# Store writes after which the next chunk comes (the reference's move_on).
+_MOVE_ON = frozenset({ActionKind.CREATE, ActionKind.UPDATE})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +81,14 @@ class EnvConfig:
     max_chunks: chunks read at most; longer contexts are truncated (counted in the stats).
     top_k: memories retrieved per query.
     max_retrieved_tokens: token budget of the retrieved memories in a prompt.
-    max_queries_per_question: Reads allowed per chunk (read phase) or question (answer
-      phase), as in the reference implementation's limit of 3.
-    max_steps: steps per episode at most; None means 4 * max_chunks + 20.
+    max_queries_per_question: Reads allowed between two memory edits or answers (the
+      reference's limit of 3); one more skips a question.
+    max_steps: turns per episode at most; None means max_chunks + 1 (the reference's).
     max_response_chars: a longer response is cut to this before parsing.
-    max_content_chars: an action's content longer than this is invalid.
+    max_content_chars: an action's content longer than this is invalid; None keeps any.
+    max_prompt_tokens: a longer prompt is cut (module docstring); the episode loop lowers
+      it to its largest prompt bucket.
+    initial_query: the query searched before the first Read.
     scratchpad: allow `<update_memory>`.
     store: use the long-term store at all (False with scratchpad True: MemAgent-style).
     create, read, update, delete: allow each store action (only when `store`).
@@ -86,7 +106,9 @@ class EnvConfig:
   max_queries_per_question: int = 3
   max_steps: int | None = None
   max_response_chars: int = 32768
-  max_content_chars: int = 4000
+  max_content_chars: int | None = None
+  max_prompt_tokens: int = 16384
+  initial_query: str = INITIAL_QUERY
   scratchpad: bool = True
   store: bool = True
   create: bool = True
@@ -101,21 +123,25 @@ class EnvConfig:
 
   def __post_init__(self):
     for name in ("chunk_tokens", "max_chunks", "top_k", "max_retrieved_tokens",
-                 "max_response_chars", "max_content_chars"):
+                 "max_response_chars", "max_prompt_tokens"):
       if getattr(self, name) < 1:
         raise ValueError(f"EnvConfig.{name}={getattr(self, name)} must be >= 1")
     for name in ("chunk_overlap", "max_queries_per_question"):
       if getattr(self, name) < 0:
         raise ValueError(f"EnvConfig.{name}={getattr(self, name)} must be >= 0")
-    if self.max_steps is not None and self.max_steps < 1:
-      raise ValueError(f"EnvConfig.max_steps={self.max_steps} must be >= 1 or None")
+    for name in ("max_steps", "max_content_chars"):
+      if getattr(self, name) is not None and getattr(self, name) < 1:
+        raise ValueError(f"EnvConfig.{name}={getattr(self, name)} must be >= 1 or None")
+    if not self.initial_query.strip():
+      raise ValueError("EnvConfig.initial_query is empty; give the text searched before the "
+                       "first Read")
     if self.store_backend not in store_lib.BACKENDS:
       raise ValueError(f"EnvConfig.store_backend={self.store_backend!r} is not one of "
                        f"{store_lib.BACKENDS}")
 
   @property
   def step_limit(self) -> int:
-    return self.max_steps if self.max_steps is not None else 4 * self.max_chunks + 20
+    return self.max_steps if self.max_steps is not None else self.max_chunks + 1
 
   @property
   def enabled_actions(self) -> frozenset[ActionKind]:
@@ -130,10 +156,10 @@ class EnvConfig:
     return frozenset(kinds)
 
   def allowed_actions(self, phase: str) -> frozenset[ActionKind]:
-    """Action kinds accepted in `phase` ("read" or "answer")."""
+    """Action kinds accepted in `phase` ("read": all but ANSWER; "answer": all)."""
     if phase == READ_PHASE:
       return self.enabled_actions - {ActionKind.ANSWER}
-    return self.enabled_actions & _ANSWER_PHASE_KINDS
+    return self.enabled_actions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,14 +175,14 @@ class Observation:
     question_index: question to answer now (answer phase), else None.
     chunk_index: chunk shown (read phase), else None.
     num_chunks: chunks of the context.
-    chunk_text: the chunk shown ("" in the answer phase).
+    chunk_text: the chunk shown ("" in the answer phase; its tail may be cut to the budget).
     chunk_span: its token positions in the context, or None.
     document_indices: indices of the context documents the chunk touches.
     scratchpad: the scratchpad text.
-    query: the current retrieval query ("" before the first Read).
+    query: the current retrieval query (`EnvConfig.initial_query` before the first Read).
     retrieved: the memories shown as Memory 1..k (ids are the stable store ids).
-    queries_used: Reads used at this chunk or question.
-    max_queries: Reads allowed there.
+    queries_used: Reads counted since the last memory edit or answer.
+    max_queries: Reads allowed before one more skips the question.
     messages: the chat messages (system, user).
     prompt_text: the messages rendered through the chat template.
     prompt_token_ids: `prompt_text` tokenized (no extra special tokens).
@@ -202,7 +228,11 @@ class Turn:
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeResult:
-  """Outcome of one episode; `reward` is the mean EM minus the store-size penalty."""
+  """Outcome of one episode; `reward` is the mean EM minus the store-size penalty.
+
+  `answers` holds "" for a question never answered, skipped, or answered outside
+  `\\boxed{}`; all of those score 0.
+  """
   context_id: str
   answers: tuple[str, ...]
   exact_match: tuple[float, ...]
@@ -221,13 +251,13 @@ class _Episode:
   chunked: chunking.ChunkedContext
   store: store_lib.MemoryStore
   recorder: stats_lib.StatsRecorder
-  answers: list[str | None]
+  answers: list[str | None]  # None: not answered, skipped, or answered outside \boxed{}
+  query: str
+  query_vector: np.ndarray
   phase: str = READ_PHASE
   chunk_index: int = 0
   question_index: int = 0
   scratchpad: str = ""
-  query: str = ""
-  query_vector: np.ndarray | None = None
   shown: tuple[store_lib.Retrieved, ...] = ()
   queries_used: int = 0
   steps: int = 0
@@ -238,11 +268,12 @@ class _Episode:
 
 @dataclasses.dataclass
 class _Plan:
-  """One response of one episode, parsed, with the Read decision taken."""
+  """One response of one episode, parsed, with each Read's fate decided."""
   response: str
   actions: tuple[Action, ...]
   problems: list[Problem]
-  read_accepted: bool
+  read_accepted: list[bool]  # per READ action, in order: False skips a question
+  moves_on: bool  # read phase: the next chunk comes after this response
 
 
 class MemoryEnv:
@@ -261,6 +292,7 @@ class MemoryEnv:
     self.template = (prompts.PromptTemplate.load(config.prompt_template)
                      if config.prompt_template else prompts.PromptTemplate())
     self._episodes: list[_Episode] = []
+    self._initial_query_vector: np.ndarray | None = None
 
   @property
   def done(self) -> list[bool]:
@@ -272,6 +304,8 @@ class MemoryEnv:
       if not context.questions:
         raise ValueError(f"context {context.id!r} has no questions; an episode needs at "
                          "least one question to answer")
+    if self._initial_query_vector is None and contexts:
+      self._initial_query_vector = self.embedder.embed_queries([self.config.initial_query])[0]
     self._episodes = [self._new_episode(i, context) for i, context in enumerate(contexts)]
     for episode in self._episodes:
       if not episode.chunked.chunks:
@@ -307,16 +341,15 @@ class MemoryEnv:
     """Per-episode outcome (also for episodes still running: unanswered questions are "")."""
     results = []
     for episode in self._episodes:
-      answers = tuple(answer or "" for answer in episode.answers)
       golds = [question.answers for question in episode.context.questions]
       penalty = reward.store_size_penalty(len(episode.store), self.config.store_size_penalty,
                                           self.config.store_free_size)
       results.append(EpisodeResult(
           context_id=episode.context.id,
-          answers=answers,
-          exact_match=tuple(reward.exact_match(a, g) for a, g in zip(answers, golds)),
-          f1=tuple(reward.f1_score(a, g) for a, g in zip(answers, golds)),
-          reward=reward.context_reward(answers, golds) - penalty,
+          answers=tuple(answer or "" for answer in episode.answers),
+          exact_match=tuple(reward.exact_match(a, g) for a, g in zip(episode.answers, golds)),
+          f1=tuple(reward.f1_score(a, g) for a, g in zip(episode.answers, golds)),
+          reward=reward.context_reward(episode.answers, golds) - penalty,
           stats=episode.recorder.freeze(),
           trajectory=tuple(episode.turns),
           memories=tuple(episode.store.entries())))
@@ -334,9 +367,11 @@ class MemoryEnv:
         recorder=stats_lib.StatsRecorder(chunks=len(chunked.chunks),
                                          context_tokens=chunked.num_tokens,
                                          truncated_tokens=chunked.truncated_tokens),
-        answers=[None] * len(context.questions))
+        answers=[None] * len(context.questions), query=self.config.initial_query,
+        query_vector=self._initial_query_vector)
 
   def _plan(self, episode: _Episode, response: str) -> _Plan:
+    """Parses the kept part of a response and decides each Read, in response order."""
     problems = []
     text = response
     if len(text) > self.config.max_response_chars:
@@ -347,13 +382,21 @@ class MemoryEnv:
                             max_content_chars=self.config.max_content_chars,
                             allowed=self.config.allowed_actions(episode.phase))
     problems.extend(parsed.problems)
-    has_read = any(action.kind is ActionKind.READ for action in parsed.actions)
-    read_accepted = has_read and episode.queries_used < self.config.max_queries_per_question
-    if has_read and not read_accepted:
-      problems.append(Problem("query_limit", f"all {self.config.max_queries_per_question} "
-                              f"queries of this {_position_name(episode.phase)} are used; "
-                              "the query is ignored"))
-    return _Plan(response, parsed.actions, problems, read_accepted)
+    limit = self.config.max_queries_per_question
+    queries_used, read_accepted = episode.queries_used, []
+    for action in parsed.actions:
+      if action.kind in _MEMORY_EDITS or action.kind is ActionKind.ANSWER:
+        queries_used = 0
+      elif action.kind is ActionKind.READ:
+        read_accepted.append(queries_used < limit)
+        queries_used = queries_used + 1 if read_accepted[-1] else 0
+        if not read_accepted[-1]:
+          problems.append(Problem("query_limit", f"a Read after {limit} Reads without a "
+                                  "memory edit or answer: the question is skipped"))
+    kinds = {action.kind for action in parsed.actions}
+    moves_on = (bool(kinds & _MOVE_ON) or not kinds
+                or not self.config.enabled_actions & _MOVE_ON)
+    return _Plan(text, parsed.actions, problems, read_accepted, moves_on)
 
   def _embed(self, plans: Sequence[_Plan]
              ) -> tuple[Iterator[np.ndarray], Iterator[np.ndarray]]:
@@ -364,8 +407,10 @@ class MemoryEnv:
     """
     documents = [action.text for plan in plans for action in plan.actions
                  if action.kind in (ActionKind.CREATE, ActionKind.UPDATE)]
-    queries = [action.text for plan in plans if plan.read_accepted
-               for action in plan.actions if action.kind is ActionKind.READ]
+    queries = []
+    for plan in plans:
+      reads = [action for action in plan.actions if action.kind is ActionKind.READ]
+      queries += [read.text for read, accepted in zip(reads, plan.read_accepted) if accepted]
     dim = self.embedder.dim
     document_vectors = (self.embedder.embed_documents(documents) if documents
                         else np.zeros((0, dim), np.float32))
@@ -375,18 +420,24 @@ class MemoryEnv:
 
   def _apply(self, episode: _Episode, plan: _Plan, document_vectors: Iterator[np.ndarray],
              query_vectors: Iterator[np.ndarray]) -> None:
-    """Applies one episode's planned actions, then moves it to its next position."""
+    """Applies one episode's actions in order, then moves it to its next position."""
     applied, invalid = episode.recorder.applied, episode.recorder.invalid
-    answer = None
+    read_accepted = iter(plan.read_accepted)
     for action in plan.actions:
       kind = action.kind
+      if kind in _MEMORY_EDITS:
+        episode.queries_used = 0
       if kind is ActionKind.SCRATCHPAD:
         episode.scratchpad = action.text
         applied["scratchpad"] += 1
-      elif kind is ActionKind.READ and plan.read_accepted:
-        episode.query, episode.query_vector = action.text, next(query_vectors)
-        episode.queries_used += 1
-        applied["read"] += 1
+      elif kind is ActionKind.READ:
+        if next(read_accepted):
+          episode.query, episode.query_vector = action.text, next(query_vectors)
+          episode.queries_used += 1
+          applied["read"] += 1
+        else:
+          episode.recorder.questions_skipped += 1
+          self._next_question(episode, None)
       elif kind is ActionKind.CREATE:
         vector = next(document_vectors)
         try:
@@ -401,31 +452,22 @@ class MemoryEnv:
       elif kind is ActionKind.DELETE:
         episode.store.delete(episode.shown[action.memory_index - 1].id)
         applied["delete"] += 1
-      elif kind is ActionKind.ANSWER:
-        answer = action.text
+      elif kind is ActionKind.ANSWER and not episode.done:
+        self._next_question(episode, action.text or None)
     for problem in plan.problems:
       invalid[problem.kind] += 1
-    if episode.phase == READ_PHASE:
-      edits = any(action.kind in _STORE_EDITS for action in plan.actions)
-      if edits or not plan.read_accepted:
-        self._next_chunk(episode)
-    elif answer is not None or not plan.read_accepted:
-      if answer is None:
-        answer = reward.extract_boxed(plan.response) or ""
-      self._answer(episode, answer)
+    if episode.phase == READ_PHASE and plan.moves_on:
+      episode.chunk_index += 1
+      if episode.chunk_index >= len(episode.chunked.chunks):
+        episode.phase = ANSWER_PHASE
     episode.steps += 1
     episode.recorder.store_sizes.append(len(episode.store))
     if not episode.done and episode.steps >= self.config.step_limit:
       episode.done = True
       episode.recorder.hit_step_limit = True
 
-  def _next_chunk(self, episode: _Episode) -> None:
-    episode.chunk_index += 1
-    episode.queries_used = 0
-    if episode.chunk_index >= len(episode.chunked.chunks):
-      episode.phase = ANSWER_PHASE
-
-  def _answer(self, episode: _Episode, answer: str) -> None:
+  def _next_question(self, episode: _Episode, answer: str | None) -> None:
+    """Records `answer` for the current question (None: skipped) and moves past it."""
     episode.answers[episode.question_index] = answer
     episode.question_index += 1
     episode.queries_used = 0
@@ -443,32 +485,89 @@ class MemoryEnv:
         response_logprobs=tuple(logprobs) if logprobs is not None else None))
 
   def _observe(self) -> list[Observation]:
-    """Builds the next prompt of every active episode (one batched tokenizer call)."""
+    """Builds the next prompt of every active episode (one batched tokenizer call), cut to
+    `max_prompt_tokens` where needed."""
     active = [episode for episode in self._episodes if not episode.done]
-    drafts = [self._draft(episode) for episode in active]
-    texts = [draft.prompt_text for draft in drafts]
+    retrieved = [self._retrieve(episode) for episode in active]
+    drafts = [self._draft(episode, candidates, episode.scratchpad, None)
+              for episode, candidates in zip(active, retrieved)]
+    texts = [draft.prompt_text for draft, _ in drafts]
     token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     observations = []
-    for episode, draft, ids in zip(active, drafts, token_ids):
-      episode.observation = dataclasses.replace(draft, prompt_token_ids=tuple(ids))
-      episode.recorder.prompt_tokens.append(len(ids))
-      observations.append(episode.observation)
+    for episode, candidates, (draft, shown), ids in zip(active, retrieved, drafts, token_ids):
+      observation = dataclasses.replace(draft, prompt_token_ids=tuple(ids))
+      if len(ids) > self.config.max_prompt_tokens:
+        observation, shown = self._fit(episode, candidates, observation)
+      episode.observation, episode.shown = observation, shown
+      episode.recorder.prompt_tokens.append(len(observation.prompt_token_ids))
+      observations.append(observation)
     return observations
 
-  def _draft(self, episode: _Episode) -> Observation:
-    """The episode's next observation without token ids; refreshes its retrieval."""
-    retrieved = []
-    if episode.query_vector is not None and ActionKind.READ in self.config.enabled_actions:
-      retrieved = episode.store.read(episode.query_vector[None], k=self.config.top_k)[0]
-    memories, shown = prompts.format_memories([r.text for r in retrieved], self.tokenizer,
+  def _retrieve(self, episode: _Episode) -> list[store_lib.Retrieved]:
+    """The memories the episode's query finds now (none when Read is disabled)."""
+    if ActionKind.READ not in self.config.enabled_actions or not len(episode.store):
+      return []
+    return episode.store.read(episode.query_vector[None], k=self.config.top_k)[0]
+
+  def _fit(self, episode: _Episode, candidates: Sequence[store_lib.Retrieved],
+           observation: Observation) -> tuple[Observation, tuple[store_lib.Retrieved, ...]]:
+    """Cuts an over-budget prompt: oldest shown memories, then the scratchpad's head, then
+    the chunk's tail, then the prompt's head; counts the cut in the episode's stats."""
+    budget = self.config.max_prompt_tokens
+    recorder = episode.recorder
+    recorder.prompt_cuts += 1
+    candidates = list(candidates)
+    scratchpad, chunk = observation.scratchpad, observation.chunk_text
+    shown = observation.retrieved
+
+    def render():
+      draft, shown = self._draft(episode, candidates, scratchpad, chunk)
+      ids = self.tokenizer(draft.prompt_text, add_special_tokens=False)["input_ids"]
+      return dataclasses.replace(draft, prompt_token_ids=tuple(ids)), shown
+
+    while len(observation.prompt_token_ids) > budget and shown:
+      oldest = min(shown, key=lambda memory: memory.id)
+      candidates.remove(oldest)
+      recorder.memories_cut += 1
+      observation, shown = render()
+    for part in ("scratchpad", "chunk"):
+      while len(observation.prompt_token_ids) > budget:
+        text = scratchpad if part == "scratchpad" else chunk
+        length = len(observation.prompt_token_ids)
+        if not text:
+          break
+        text = _drop_tokens(self.tokenizer, text, length - budget,
+                            from_start=part == "scratchpad")
+        scratchpad, chunk = (text, chunk) if part == "scratchpad" else (scratchpad, text)
+        observation, shown = render()
+        if len(observation.prompt_token_ids) >= length:
+          break  # the template does not show this part
+    if len(observation.prompt_token_ids) > budget:
+      ids = observation.prompt_token_ids[-budget:]
+      observation = dataclasses.replace(
+          observation, prompt_token_ids=ids,
+          prompt_text=self.tokenizer.decode(list(ids), skip_special_tokens=False,
+                                            clean_up_tokenization_spaces=False))
+    return observation, shown
+
+  def _draft(self, episode: _Episode, candidates: Sequence[store_lib.Retrieved],
+             scratchpad: str, chunk_text: str | None
+             ) -> tuple[Observation, tuple[store_lib.Retrieved, ...]]:
+    """The episode's next observation without token ids, and the memories it shows.
+
+    `chunk_text` None shows the whole current chunk; a string replaces it (a cut chunk).
+    """
+    memories, count = prompts.format_memories([r.text for r in candidates], self.tokenizer,
                                               self.config.max_retrieved_tokens)
-    episode.shown = tuple(retrieved[:shown])
+    shown = tuple(candidates[:count])
     reading = episode.phase == READ_PHASE
     chunk = episode.chunked.chunks[episode.chunk_index] if reading else None
+    if chunk_text is None:
+      chunk_text = chunk.text if chunk else ""
     questions = tuple(question.question for question in episode.context.questions)
     inputs = prompts.PromptInputs(
-        phase=episode.phase, questions=questions, scratchpad=episode.scratchpad,
-        query=episode.query, memories=memories, chunk=chunk.text if chunk else "",
+        phase=episode.phase, questions=questions, scratchpad=scratchpad,
+        query=episode.query, memories=memories, chunk=chunk_text,
         chunk_index=episode.chunk_index if reading else None,
         num_chunks=len(episode.chunked.chunks),
         question_index=None if reading else episode.question_index,
@@ -477,17 +576,24 @@ class MemoryEnv:
     return Observation(
         episode=episode.index, context_id=episode.context.id, step=episode.steps,
         phase=episode.phase, questions=questions, question_index=inputs.question_index,
-        chunk_index=inputs.chunk_index, num_chunks=inputs.num_chunks, chunk_text=inputs.chunk,
+        chunk_index=inputs.chunk_index, num_chunks=inputs.num_chunks, chunk_text=chunk_text,
         chunk_span=chunk.span if chunk else None,
         document_indices=chunk.segments if chunk else (),
-        scratchpad=episode.scratchpad, query=episode.query, retrieved=episode.shown,
+        scratchpad=scratchpad, query=episode.query, retrieved=shown,
         queries_used=episode.queries_used, max_queries=inputs.max_queries,
         messages=tuple(messages), prompt_text=prompts.render_prompt(self.tokenizer, messages),
-        prompt_token_ids=())
+        prompt_token_ids=()), shown
 
 
-def _position_name(phase: str) -> str:
-  return "chunk" if phase == READ_PHASE else "question"
+def _drop_tokens(tokenizer, text: str, count: int, *, from_start: bool) -> str:
+  """`text` without its first (or last) `count` tokens (at least one character less)."""
+  offsets = tokenizer(text, add_special_tokens=False,
+                      return_offsets_mapping=True)["offset_mapping"]
+  if count >= len(offsets):
+    return ""
+  if from_start:
+    return text[max(offsets[count][0], 1):]
+  return text[:min(offsets[len(offsets) - count][0], len(text) - 1)]
 
 
 def _render_with_spans(context: multihop.LongContext) -> tuple[str, list[tuple[int, int]]]:

@@ -13,9 +13,12 @@ question's gold documents.
 
 - `OraclePolicy` (AtomMem-style): creates one entry per gold document seen in a chunk
   ("Title: sentence ..."); when a later document supersedes a stored fact it first Reads
-  the stored entry, then, with the retrieval shown, Updates that "Memory i" (or Deletes it
-  and Creates the new version). Its scratchpad names, per question, the documents seen.
-  Before answering it Reads with the question and those titles.
+  the stored entry (unless the current retrieval already shows it), then, with the
+  retrieval shown, Updates that "Memory i" (or Deletes it and Creates the new version).
+  Its scratchpad names, per question, the documents seen; it is rewritten alongside the
+  store actions when it changed. On a chunk with nothing to store it answers with no
+  action at all, which moves to the next chunk. Before answering it Reads with the
+  question and those titles.
 - `MemAgentPolicy` (MemAgent-style workflow baseline, no store): rewrites its scratchpad
   every step with the gold facts seen so far (latest versions) within a token budget,
   dropping the oldest facts when it overflows.
@@ -154,6 +157,7 @@ class _OracleState:
   entries: list[tuple[str, list[int]]] = dataclasses.field(default_factory=list)  # title, units
   entry_of: dict[int, int] = dataclasses.field(default_factory=dict)  # stored unit -> entry
   seen_titles: list[list[str]] = dataclasses.field(default_factory=list)  # per question
+  notes: str = ""  # the scratchpad last written
   read_chunk: int | None = None  # chunk where the Read for stale entries was issued
   read_question: int | None = None  # question whose Read was issued
 
@@ -220,11 +224,13 @@ class OraclePolicy:
         older = _kept_version(state.gold, unit, state.entry_of)
         if older is not None:
           stale_of[unit.index] = older
-    if (stale_of and state.read_chunk != observation.chunk_index
+    stale = dict.fromkeys(state.entry_of[older] for older in stale_of.values())
+    shown = {memory.text for memory in observation.retrieved}
+    if (any(state.entry_text(entry) not in shown for entry in stale)
+        and state.read_chunk != observation.chunk_index
         and observation.queries_used < observation.max_queries):
       # First find the stale entries; the next step shows them as Memory i.
       state.read_chunk = observation.chunk_index
-      stale = dict.fromkeys(state.entry_of[older] for older in stale_of.values())
       query = " ".join(state.entry_text(entry) for entry in stale)
       return self._with_scratchpad(state, [Action(ActionKind.READ, query)])
     actions, created = self._replace(state, fresh, stale_of, observation.retrieved)
@@ -295,10 +301,15 @@ class OraclePolicy:
     return [Action(ActionKind.ANSWER, _answer(gold_answer, state.gold, question, visible))]
 
   def _with_scratchpad(self, state: _OracleState, actions: list[Action]) -> list[Action]:
-    if ActionKind.SCRATCHPAD not in self.enabled:
+    """`actions` after a scratchpad rewrite when the notes changed (none without actions:
+    a response with no action moves on, one with only a scratchpad rewrite would not)."""
+    if ActionKind.SCRATCHPAD not in self.enabled or not actions:
       return actions
     notes = "\n".join(f"Q{i}: " + ("; ".join(titles) if titles else "no sources yet")
                       for i, titles in enumerate(state.seen_titles, start=1))
+    if notes == state.notes:
+      return actions
+    state.notes = notes
     return [Action(ActionKind.SCRATCHPAD, notes)] + actions
 
 

@@ -15,7 +15,8 @@ from typing import Sequence
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_BOXED = "\\boxed{"
+_BOXED = re.compile(r"\\boxed\{")
+_BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)
 # HotpotQA's F1 gives no partial credit when either side normalises to one of these.
 _EXACT_ONLY = frozenset({"yes", "no", "noanswer"})
 
@@ -31,37 +32,34 @@ def extract_boxed(text: str) -> str | None:
 
   Braces nest (`\boxed{\text{a}}` gives `\text{a}`); a backslash escapes the next character,
   so `\{` and `\}` do not count. A `\boxed{` inside another one belongs to the outer content.
-  An unclosed `\boxed{` is skipped and scanning goes on after it.
+  An unclosed `\boxed{` is skipped and scanning goes on after it. Linear in `len(text)`: the
+  braces are matched in one pass (escapes pair up the same way from any `\boxed{`, whose
+  `{` is never escaped), then the candidates are visited left to right.
   """
-  found = None
-  start = text.find(_BOXED)
-  while start != -1:
-    content_start = start + len(_BOXED)
-    end = _matching_brace(text, content_start)
-    if end is None:
-      start = text.find(_BOXED, content_start)
-      continue
-    found = text[content_start:end].strip()
-    start = text.find(_BOXED, end + 1)
+  starts = [match.end() for match in _BOXED.finditer(text)]
+  if not starts:
+    return None
+  closing = _closing_braces(text, starts[0] - 1)
+  found, resume = None, 0
+  for content_start in starts:
+    if content_start < resume:
+      continue  # inside the last complete one: part of its content
+    end = closing.get(content_start - 1)
+    if end is not None:
+      found, resume = text[content_start:end].strip(), end + 1
   return found
 
 
-def _matching_brace(text: str, pos: int) -> int | None:
-  """Index of the `}` closing a brace opened just before `pos`, or None if unbalanced."""
-  depth = 1
-  while pos < len(text):
-    char = text[pos]
-    if char == "\\":
-      pos += 2
-      continue
+def _closing_braces(text: str, begin: int) -> dict[int, int]:
+  """Position of each `{` at or after `begin` -> position of the `}` that closes it."""
+  closing, opened = {}, []
+  for match in _BRACE_OR_ESCAPE.finditer(text, begin):
+    char = match.group()
     if char == "{":
-      depth += 1
-    elif char == "}":
-      depth -= 1
-      if depth == 0:
-        return pos
-    pos += 1
-  return None
+      opened.append(match.start())
+    elif char == "}" and opened:
+      closing[opened.pop()] = match.start()
+  return closing
 
 
 def exact_match(prediction: str | None, golds: Sequence[str]) -> float:

@@ -21,7 +21,10 @@ class EpisodeStats:
     chunks: chunks of the context (after truncation).
     context_tokens: tokens of the rendered context before truncation.
     truncated_tokens: tokens dropped past `max_chunks` chunks.
-    hit_step_limit: the episode was ended by `max_steps`.
+    hit_step_limit: the episode was ended by its turn limit.
+    questions_skipped: questions skipped by a Read over the query limit.
+    prompt_cuts: steps whose prompt was cut to `EnvConfig.max_prompt_tokens`.
+    memories_cut: retrieved memories left out of prompts for that budget.
   """
   creates: int
   reads: int
@@ -36,6 +39,9 @@ class EpisodeStats:
   context_tokens: int
   truncated_tokens: int
   hit_step_limit: bool
+  questions_skipped: int = 0
+  prompt_cuts: int = 0
+  memories_cut: int = 0
 
   @property
   def num_invalid(self) -> int:
@@ -51,6 +57,9 @@ class StatsRecorder:
     self.store_sizes: list[int] = []
     self.prompt_tokens: list[int] = []
     self.hit_step_limit = False
+    self.questions_skipped = 0
+    self.prompt_cuts = 0
+    self.memories_cut = 0
     self._chunks = chunks
     self._context_tokens = context_tokens
     self._truncated_tokens = truncated_tokens
@@ -63,19 +72,22 @@ class StatsRecorder:
         store_sizes=tuple(self.store_sizes), prompt_tokens=tuple(self.prompt_tokens),
         steps=len(self.store_sizes), chunks=self._chunks,
         context_tokens=self._context_tokens, truncated_tokens=self._truncated_tokens,
-        hit_step_limit=self.hit_step_limit)
+        hit_step_limit=self.hit_step_limit, questions_skipped=self.questions_skipped,
+        prompt_cuts=self.prompt_cuts, memories_cut=self.memories_cut)
 
 
 def summarize(stats: Sequence[EpisodeStats]) -> dict[str, float]:
   """Means over episodes, for logging: per-episode action counts, final store size, steps,
-  invalid actions (total and by kind), mean prompt tokens, step-limit and truncation rates."""
+  invalid actions (total and by kind), skipped questions, prompt cuts, mean prompt tokens,
+  step-limit and truncation rates."""
   if not stats:
     return {}
   count = len(stats)
   summary = {
       name: sum(getattr(s, name) for s in stats) / count
       for name in ("creates", "reads", "updates", "deletes", "scratchpad_rewrites", "steps",
-                   "chunks", "truncated_tokens", "num_invalid")
+                   "chunks", "truncated_tokens", "num_invalid", "questions_skipped",
+                   "prompt_cuts", "memories_cut")
   }
   summary["final_store_size"] = sum(s.store_sizes[-1] if s.store_sizes else 0
                                     for s in stats) / count

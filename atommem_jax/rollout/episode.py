@@ -97,7 +97,8 @@ class EpisodeLoop:
   Args:
     model_config: the policy's config (rollout dtypes); None with `make_policy`.
     tokenizer: the policy's tokenizer.
-    env_config: episode settings.
+    env_config: episode settings; its prompt budget (`max_prompt_tokens`) is lowered to
+      the largest prompt bucket, so a long prompt is cut (and counted) instead of failing.
     embedder: the stores' embedder (shared by the shards of this process).
     batch_size: episodes per run at most (rounded up to a multiple of the batch shards;
       smaller runs leave rows inactive).
@@ -122,6 +123,8 @@ class EpisodeLoop:
       raise ValueError(f"prompt_buckets={buckets}: give increasing positive lengths")
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
+    env_config = dataclasses.replace(
+        env_config, max_prompt_tokens=min(env_config.max_prompt_tokens, buckets[-1]))
     self.model_config = model_config
     self.sampling = sampling
     self.buckets = buckets

@@ -7,7 +7,7 @@ the environment's trajectory. A `HostRegistry` holds the shards of this process 
 what the loop's `io_callback`s call, with the calling device's (shard, replica)
 coordinates: only one device per shard (its owner) acts, the others get zeros.
 
-A host error (e.g. a prompt longer than the largest bucket) never crashes inside XLA: the
+A host error (e.g. an exception of a scripted policy) never crashes inside XLA: the
 registry keeps the first exception, reports it through the error count so that the loop
 stops, and `raise_error` re-raises it after the jitted call returns.
 """
@@ -126,8 +126,8 @@ class ShardHost:
       raise ValueError(
           f"episode {self._first_episode + observation.episode} (context "
           f"{observation.context_id!r}) step {observation.step}: prompt of {longest} tokens "
-          f"exceeds the largest prompt bucket {self.buckets[-1]}; add a larger bucket to "
-          "rollout.prompt_buckets or lower env.chunk_tokens / env.max_retrieved_tokens")
+          f"exceeds the largest prompt bucket {self.buckets[-1]}; the environment's "
+          "max_prompt_tokens must not exceed it (EpisodeLoop lowers it to that bucket)")
     bucket = self.buckets.index(sampler.bucket_length(longest, self.buckets))
     tokens, mask = sampler.left_pad(prompts, self.buckets[-1], self.pad_id)
     return tokens, mask, active, np.int32(bucket)
