@@ -177,21 +177,21 @@ def _records(path: str) -> Iterator[tuple[str, Any]]:
     for line_number, raw in enumerate(f, start=1):
       where = f"{path}:{line_number}"
       row = parse_json_line(raw, where)
-      if row is not _BLANK:
+      if row is not BLANK:
         yield where, row
 
 
-_BLANK = object()
+BLANK = object()  # what parse_json_line returns for a blank line
 
 
 def parse_json_line(raw: bytes, where: str) -> Any:
-  """One JSON-lines row from its bytes (`_BLANK` for a blank line); errors name `where`."""
+  """One JSON-lines row from its bytes (`BLANK` for a blank line); errors name `where`."""
   try:
     line = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     raise DataError(f"{where}: {_utf8_problem(e, 'of the line')}") from e
   if not line.strip():
-    return _BLANK
+    return BLANK
   try:
     return json.loads(line)
   except json.JSONDecodeError as e:
@@ -441,7 +441,7 @@ def load_long_contexts(path: str) -> list[LongContext]:
                for number, row in enumerate(_parquet_rows(path), start=1))
   contexts, first_seen = [], {}
   for where, row in located:
-    if row is _BLANK:
+    if row is BLANK:
       continue
     context = context_from_row(row, where)
     if context.id in first_seen:

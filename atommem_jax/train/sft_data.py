@@ -16,6 +16,7 @@ from atommem_jax import fileio
 from atommem_jax.agent import actions as actions_lib
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import oracle
+from atommem_jax.agent import prompts
 from atommem_jax.data import multihop
 from atommem_jax.data import synthetic
 from atommem_jax.data import tokenizer as tokenizer_lib
@@ -146,27 +147,64 @@ def _repeats_by_kind(oversample: Mapping[str, int]) -> dict[actions_lib.ActionKi
 
 
 def file_examples(path: str, tokenizer) -> list[Example]:
-  """SFT examples from JSON lines {"prompt": ..., "completion": ...} (rendered texts)."""
+  """SFT examples from a JSON-lines file (local or a URL), one example per line, in either
+  format:
+  - chat messages, as TRL and the official SFT scripts write them (and `atommem_jax.collect`):
+    {"messages": [{"role": "system", "content": ...}, {"role": "user", ...}, ...,
+    {"role": "assistant", "content": ...}]}: the prompt is every message before the last,
+    rendered as the environment renders its prompts (`prompts.render_prompt`), and the
+    response is the last (assistant) message, thinking text included, then EOS;
+  - rendered texts: {"prompt": ..., "completion": ...}.
+  A bad line raises DataError naming the file, line and field.
+  """
   if not fileio.isfile(path):
     raise FileNotFoundError(f"config field data.sft_file={path!r}: no such file; give JSON "
-                            "lines with 'prompt' and 'completion' strings")
+                            "lines of chat messages ({\"messages\": [...]})")
   examples = []
-  for line_number, line in enumerate(fileio.read_text(path).split("\n"), 1):
-    if not line.strip():
+  for line_number, raw in enumerate(fileio.read_bytes(path).splitlines(), start=1):
+    where = f"{path}:{line_number}"
+    record = multihop.parse_json_line(raw, where)
+    if record is multihop.BLANK:
       continue
-    try:
-      record = json.loads(line)
+    if isinstance(record, dict) and "messages" in record:
+      prompt = prompts.render_prompt(tokenizer, _chat_prompt(record["messages"], where))
+      completion = record["messages"][-1]["content"]
+    elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(
+        record.get("completion"), str):
       prompt, completion = record["prompt"], record["completion"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-      raise ValueError(f"{path}:{line_number}: expected a JSON object with 'prompt' and "
-                       f"'completion' strings ({e})") from e
+    else:
+      raise multihop.DataError(f"{where}: expected a JSON object with 'messages' (chat "
+                               "format) or 'prompt' and 'completion' strings, got "
+                               f"{json.dumps(record)[:80]}")
     response = tokenizer.encode(completion, add_special_tokens=False)
     if not response or response[-1] != tokenizer.eos_token_id:
       response.append(tokenizer.eos_token_id)
     examples.append(Example(tokenizer.encode(prompt, add_special_tokens=False), response))
   if not examples:
-    raise ValueError(f"{path}: no examples; give JSON lines with 'prompt' and 'completion'")
+    raise multihop.DataError(f"{path}: no examples; give JSON lines of chat messages")
   return examples
+
+
+_ROLES = ("system", "user", "assistant")
+
+
+def _chat_prompt(messages, where: str) -> list[dict[str, str]]:
+  """The prompt messages of one chat row (all but the final assistant message), checked."""
+  if not isinstance(messages, list) or len(messages) < 2:
+    raise multihop.DataError(f"{where}: field 'messages' should be a list of at least a user "
+                             f"and an assistant message, got {json.dumps(messages)[:80]}")
+  for i, message in enumerate(messages):
+    if not (isinstance(message, dict) and message.get("role") in _ROLES
+            and isinstance(message.get("content"), str)):
+      raise multihop.DataError(
+          f"{where}: field 'messages[{i}]' should be {{\"role\": one of {list(_ROLES)}, "
+          f"\"content\": a string}}, got {json.dumps(message)[:80]}")
+  roles = [message["role"] for message in messages]
+  if roles[-1] != "assistant" or "assistant" in roles[:-1] or "user" not in roles:
+    raise multihop.DataError(
+        f"{where}: field 'messages' has roles {roles}; one example is user (and system) "
+        "messages then one final assistant message: write one line per assistant turn")
+  return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
 
 
 def sft_batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:

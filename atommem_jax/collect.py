@@ -1,0 +1,210 @@
+r"""Teacher trajectories for SFT, as chat-message JSON lines.
+
+  python -m atommem_jax.collect --config configs/NAME.py --teacher oracle|memagent|hf:DIR \
+      --out sft.jsonl [--data FILE ...] [--limit N] [--min_reward 0.5] [--temperature 0.6] \
+      [--config.x=y ...]
+
+Runs the teacher through the environment on the contexts of --data (LongContext files from
+`python -m atommem_jax.data.build`; default: the config's training contexts), keeps the
+episodes whose reward is at least --min_reward, and writes one line per step of a kept episode:
+{"messages": [system, user, {"role": "assistant", "content": response}]}, the format of TRL
+and of the official SFT scripts, read back by config field data.sft_file. The response is kept
+as generated, thinking text included.
+
+Teachers: "oracle" and "memagent" are the scripted policies of `agent.oracle`; "hf:DIR" is a
+Qwen3 checkpoint in a Hugging Face directory (its own tokenizer when the directory has one,
+else config field tokenizer), sampled through our sampler on the config's mesh at
+--temperature with the config's top_p and top_k. Single host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Callable, Iterable, Sequence
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from atommem_jax import config_lib
+from atommem_jax import fileio
+from atommem_jax.agent import env as env_lib
+from atommem_jax.agent import oracle
+from atommem_jax.data import multihop
+from atommem_jax.data import tokenizer as tokenizer_lib
+from atommem_jax.memory import embed
+from atommem_jax.model import hf
+from atommem_jax.rollout import episode
+from atommem_jax.rollout import host
+from atommem_jax.train import sft_data
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)")
+_TEACHER = flags.DEFINE_string("teacher", None,
+                               "oracle, memagent, or hf:DIR (a Hugging Face Qwen3 directory)")
+_OUT = flags.DEFINE_string("out", None, "chat-message JSON lines to write (a path or URL)")
+_DATA = flags.DEFINE_multi_string("data", None, "LongContext .jsonl/.parquet files (default: the "
+                                  "config's training contexts)")
+_LIMIT = flags.DEFINE_integer("limit", None, "run the first N contexts only")
+_MIN_REWARD = flags.DEFINE_float("min_reward", 0.5, "keep episodes with at least this reward")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.6, "sampling temperature of an hf: teacher")
+
+SCRIPTED = ("oracle", "memagent")
+HF_PREFIX = "hf:"
+
+# Runs a batch of contexts, the first at `start` in the whole list; one result per context.
+RunBatch = Callable[[Sequence[multihop.LongContext], int], list[env_lib.EpisodeResult]]
+
+
+def chat_rows(result: env_lib.EpisodeResult) -> list[dict]:
+  """One chat-message row per step of an episode: its prompt messages, then the response."""
+  return [{"messages": [{"role": m["role"], "content": m["content"]}
+                        for m in turn.prompt_messages]
+                       + [{"role": "assistant", "content": turn.response}]}
+          for turn in result.trajectory]
+
+
+@dataclasses.dataclass
+class Collected:
+  contexts: int = 0
+  kept: int = 0
+  rows: int = 0
+  reward_sum: float = 0.0
+
+  def line(self, total: int) -> str:
+    mean = self.reward_sum / self.contexts if self.contexts else 0.0
+    return (f"collect: {self.contexts}/{total} contexts, mean reward {mean:.3f}, kept "
+            f"{self.kept} episodes, {self.rows} examples")
+
+
+def collect(contexts: Sequence[multihop.LongContext], run_batch: RunBatch, batch_size: int,
+            min_reward: float, out: str,
+            progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+            ) -> Collected:
+  """Runs every context in batches, writes the kept episodes' steps to `out`; returns counts."""
+  counts, lines = Collected(), []
+  for start in range(0, len(contexts), batch_size):
+    results = run_batch(contexts[start:start + batch_size], start)
+    for result in results:
+      counts.contexts += 1
+      counts.reward_sum += result.reward
+      if result.reward >= min_reward:
+        rows = chat_rows(result)
+        counts.kept += 1
+        counts.rows += len(rows)
+        lines += [json.dumps(row, ensure_ascii=False) for row in rows]
+    progress(counts.line(len(contexts)))
+  if not lines:
+    raise ValueError(f"no episode reached reward {min_reward} in {len(contexts)} contexts; "
+                     "nothing to write (lower --min_reward or check the teacher)")
+  fileio.write_text(out, "\n".join(lines) + "\n")
+  return counts
+
+
+def scripted_runner(teacher: str, config, tokenizer) -> RunBatch:
+  """Batches of the oracle or MemAgent teacher, run on the host environment."""
+  env_config = config_lib.env_config(config)
+  embedder = embed.make_embedder(config.embedder)
+  options = config_lib.oracle_options(config)
+
+  def policy():
+    if teacher == "oracle":
+      return oracle.OraclePolicy(enabled=env_config.enabled_actions, **options)
+    return oracle.MemAgentPolicy(tokenizer, boxed_space=options["boxed_space"])
+
+  def run(batch, start):
+    del start  # scripted teachers draw nothing at random
+    env = env_lib.MemoryEnv(env_config, tokenizer, embedder)
+    return oracle.run_episodes(env, policy(), batch)
+
+  return run
+
+
+def model_runner(hf_dir: str, config, tokenizer, temperature: float) -> RunBatch:
+  """Batches of a Qwen3 checkpoint sampled through the jitted episode loop on the mesh."""
+  mesh = config_lib.make_mesh(config)
+  model_config, params = hf.load_hf(
+      hf_dir, config.model.rollout_dtype, mesh=mesh,
+      config_overrides=config_lib.execution_fields(config, rollout=True))
+  if len(tokenizer) > model_config.vocab_size:
+    raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {hf_dir} has vocab_size "
+                     f"{model_config.vocab_size}; use the checkpoint's own tokenizer")
+  sampling = dataclasses.replace(
+      config_lib.sampling_config(config, eos_ids=host.eos_token_ids(tokenizer),
+                                 pad_id=tokenizer.pad_token_id),
+      temperature=temperature)
+  loop = episode.EpisodeLoop(
+      model_config, tokenizer, config_lib.env_config(config), embed.make_embedder(config.embedder),
+      batch_size=config.eval.batch_size, prompt_buckets=tuple(config.rollout.prompt_buckets),
+      sampling=sampling, mesh=mesh)
+
+  def run(batch, start):
+    rollout = loop.run(params, batch, jax.random.key(config.seed + start))
+    return [e.result for e in sorted(rollout.episodes, key=lambda e: e.episode)]
+
+  return run
+
+
+def resolve_tokenizer(name: str, model_dir: str | None = None):
+  """The teacher's tokenizer: the model directory's own when it has one, else config field
+  tokenizer ("qwen3" or a directory)."""
+  if model_dir and fileio.isfile(fileio.join(model_dir, "tokenizer_config.json")):
+    return tokenizer_lib.load_tokenizer(model_dir)
+  if name == "qwen3":
+    return tokenizer_lib.load_tokenizer()
+  if not fileio.isdir(name):
+    raise ValueError(f"config field tokenizer={name!r}: give 'qwen3' or a tokenizer directory "
+                     "(the synthetic BPE of a run lives in its workdir/tokenizer)")
+  return tokenizer_lib.load_tokenizer(name)
+
+
+def load_contexts(config, paths: Iterable[str] | None, limit: int | None
+                  ) -> list[multihop.LongContext]:
+  contexts = ([c for path in paths for c in multihop.load_long_contexts(path)] if paths
+              else sft_data.load_contexts(config, "train"))
+  return contexts[:limit] if limit else contexts
+
+
+def _check_flags() -> None:
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
+  teacher = _TEACHER.value or ""
+  if teacher not in SCRIPTED and not (teacher.startswith(HF_PREFIX) and teacher[3:]):
+    raise app.UsageError(f"--teacher {teacher!r}: give oracle, memagent or hf:DIR")
+  if teacher.startswith(HF_PREFIX) and not fileio.isdir(teacher[3:]):
+    raise app.UsageError(f"--teacher {teacher}: no such directory")
+  if not _OUT.value:
+    raise app.UsageError("--out is required: the chat-message JSON lines to write")
+  if _TEMPERATURE.value <= 0:
+    raise app.UsageError(f"--temperature {_TEMPERATURE.value}: must be > 0")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _check_flags()
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e)) from e
+  config_lib.request_cpu_devices(config)
+  teacher = _TEACHER.value
+  hf_dir = teacher[len(HF_PREFIX):] if teacher.startswith(HF_PREFIX) else None
+  try:
+    tokenizer = resolve_tokenizer(config.tokenizer, hf_dir)
+    contexts = load_contexts(config, _DATA.value, _LIMIT.value)
+    run_batch = (model_runner(hf_dir, config, tokenizer, _TEMPERATURE.value) if hf_dir
+                 else scripted_runner(teacher, config, tokenizer))
+    counts = collect(contexts, run_batch, config.eval.batch_size, _MIN_REWARD.value,
+                     _OUT.value)
+  except (multihop.DataError, ValueError, OSError) as e:
+    sys.exit(f"error: {e}")
+  print(f"wrote {counts.rows} examples from {counts.kept} of {counts.contexts} episodes "
+        f"(reward >= {_MIN_REWARD.value}) to {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.parse_flags)
