@@ -13,6 +13,7 @@ import pytest
 
 from atommem_jax.model import attention
 from atommem_jax.model import qwen3
+from atommem_jax.model import sharding
 from atommem_jax.model.attention import AttentionMask
 from _hf_reference import make_reference
 
@@ -140,6 +141,17 @@ def test_splash_kernel_in_interpret_mode_matches_dense(case):
   q, k, v = _qkv(3, length, length, 4, 2, head_dim=32)
   _assert_matches_dense(
       lambda q, k, v: attention.splash_attention(q, k, v, mask, 128, 128, interpret=True),
+      q, k, v, mask)
+
+
+def test_splash_under_shard_map_matches_dense():
+  """Batch over "data", heads over "tensor" (kv heads divide too), on fake CPU devices."""
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+  mask = jax.tree.map(lambda x: x[:2] if x.ndim == 2 else x, CASES["packed"](128))
+  q, k, v = _qkv(2, 128, 128, 4, 2, head_dim=32)
+  shard = sharding.ActivationSharding(mesh)
+  _assert_matches_dense(
+      lambda q, k, v: attention.splash_attention(q, k, v, mask, 128, 128, shard, interpret=True),
       q, k, v, mask)
 
 

@@ -1,4 +1,4 @@
-"""The official data protocol over the shipped slices: grouping, paragraph sets, padding,
+"""The official data protocol (atommem_jax.data.protocol) over the shipped slices: grouping,
 middle cut, presets."""
 
 from __future__ import annotations
