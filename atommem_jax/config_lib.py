@@ -22,6 +22,8 @@ import ml_collections
 
 # The checkout's configs/ directory: where `load_config_file` finds config names.
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# grpo.old_logprobs: where the PPO ratio's old log-probs come from.
+OLD_LOGPROBS = ("recompute", "sampler")
 
 
 # Qwen3Config's architecture fields (model/config.py; the execution fields are model.*).
@@ -118,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
       steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20,
       schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
       grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0,
+      # Positions per lm-head call in the loss (model/logprobs.py): a row's fp32 logits are
+      # never whole in memory; 0 projects the whole row at once.
+      loss_chunk=1024,
       # Repeat-the-text examples mixed in, per training context (0: none), of copy_span_tokens.
       copy_examples_per_context=0, copy_span_tokens=96, copy_sentence_per_line=False,
       # How the oracle writes its answers: "\\boxed{ text}" (see actions.render_actions), and
@@ -132,6 +137,10 @@ def base_config() -> ml_collections.ConfigDict:
       schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
       grad_clip=1.0, grad_accum=1, clip_low=0.2, clip_high=0.28, kl_coef=0.001,
       kl_estimator="k3", aggregation="token-mean", normalize_std=False, entropy_coef=0.0,
+      # As sft.loss_chunk, for the policy's and the reference's log-probs. old_logprobs:
+      # "recompute" them with the training forward before the update (verl; the first ratio
+      # is exactly 1), or keep the "sampler"'s.
+      loss_chunk=1024, old_logprobs="recompute",
       num_minibatches=1, epochs=1))
 
   c.eval = ml_collections.ConfigDict(dict(every_steps=0, num_contexts=0, batch_size=16))
@@ -195,6 +204,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for field in ("b1", "b2"):
       if not 0 <= c[section][field] < 1:
         _fail(f"{section}.{field}", c[section][field], "in [0, 1) (Adam moment decay)")
+    if c[section].loss_chunk < 0:
+      _fail(f"{section}.loss_chunk", c[section].loss_chunk,
+            ">= 0 positions per lm-head call (0: the whole row at once)")
   if c.sft.copy_examples_per_context < 0:
     _fail("sft.copy_examples_per_context", c.sft.copy_examples_per_context,
           "a whole number >= 0 (0: no repeat-the-text examples)")
@@ -217,6 +229,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("grpo.kl_estimator", g.kl_estimator, "'k1', 'k3' or 'none'")
   if g.aggregation not in ("token-mean", "seq-mean-token-mean"):
     _fail("grpo.aggregation", g.aggregation, "'token-mean' or 'seq-mean-token-mean'")
+  if g.old_logprobs not in OLD_LOGPROBS:
+    _fail("grpo.old_logprobs", g.old_logprobs, f"one of {OLD_LOGPROBS}")
   if g.num_minibatches < 1 or g.epochs < 1:
     _fail("grpo.num_minibatches/epochs", (g.num_minibatches, g.epochs), ">= 1")
   env_config(c)  # EnvConfig checks its own fields

@@ -469,3 +469,14 @@ def test_sft_oversample_counts_are_validated_with_the_field_named():
   with_file.data.sft_file = "trajectories.jsonl"  # its steps carry no parsed actions
   with pytest.raises(config_lib.ConfigError, match="sft.oversample.create.*data.sft_file"):
     config_lib.validate(with_file)
+
+
+@pytest.mark.parametrize("field,value", [("sft.loss_chunk", -1), ("grpo.loss_chunk", -8),
+                                         ("grpo.old_logprobs", "rollout")])
+def test_loss_chunk_and_old_logprobs_are_validated_with_the_field_named(field, value):
+  c = config_lib.base_config()
+  assert (c.sft.loss_chunk, c.grpo.loss_chunk, c.grpo.old_logprobs) == (1024, 1024, "recompute")
+  section, name = field.split(".")
+  c[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=field):
+    config_lib.validate(c)

@@ -1,5 +1,8 @@
 """Losses and batch builders against independent references: numpy loops over tokens and
-sequences, torch cross_entropy, and jax.grad of a hand-written REINFORCE surrogate."""
+sequences, torch cross_entropy, and jax.grad of a hand-written REINFORCE surrogate.
+
+The losses take per-token log-probs and entropies; here they come from random logits through
+a dense log-softmax (tests/test_logprobs.py checks the model's chunked ones against it)."""
 
 from __future__ import annotations
 
@@ -40,6 +43,19 @@ def _packed_batch(seed: int = 0) -> batch_lib.TrainBatch:
 def _logits(batch, seed=1, scale=2.0):
   rng = np.random.RandomState(seed)
   return rng.normal(0, scale, batch.shape + (VOCAB,)).astype(np.float32)
+
+
+def _token_logprobs(logits, tokens):
+  """Dense reference of the losses' input: log softmax(logits[:, t-1])[tokens[:, t]], 0 at t=0."""
+  log_probs = jax.nn.log_softmax(jnp.asarray(logits)[:, :-1], axis=-1)
+  picked = jnp.take_along_axis(log_probs, jnp.asarray(tokens)[:, 1:, None], axis=-1)[..., 0]
+  return jnp.pad(picked, ((0, 0), (1, 0)))
+
+
+def _token_entropy(logits):
+  """Entropy of softmax(logits[:, t-1]) at t, 0 at t=0."""
+  log_probs = jax.nn.log_softmax(jnp.asarray(logits)[:, :-1], axis=-1)
+  return jnp.pad(-jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1), ((0, 0), (1, 0)))
 
 
 def _np_log_softmax(x):
@@ -145,17 +161,6 @@ def test_builders_reject_bad_examples():
   assert batch_lib.group_by_bucket(_examples(), [8, 16]) == {8: [0, 1, 2, 3, 5], 16: [4]}
 
 
-def test_token_logprobs_alignment():
-  batch = _packed_batch()
-  logits = _logits(batch)
-  got = np.asarray(losses.token_logprobs(jnp.asarray(logits), jnp.asarray(batch.tokens)))
-  tokens = np.asarray(batch.tokens)
-  assert np.all(got[:, 0] == 0)
-  for row, t in itertools.product(range(batch.shape[0]), range(1, LENGTH)):
-    expected = _np_log_softmax(logits[row, t - 1])[tokens[row, t]]
-    np.testing.assert_allclose(got[row, t], expected, rtol=1e-5, atol=1e-5)
-
-
 def test_target_mask_drops_first_token_of_each_segment():
   batch = _packed_batch()
   forced = dataclasses.replace(batch, loss_mask=np.ones(batch.shape, np.float32))
@@ -172,7 +177,7 @@ def test_target_mask_drops_first_token_of_each_segment():
 def test_sft_loss_matches_torch_cross_entropy():
   batch = _packed_batch()
   logits = _logits(batch)
-  loss, metrics = losses.sft_loss(jnp.asarray(logits), batch)
+  loss, metrics = losses.sft_loss(_token_logprobs(logits, batch.tokens), batch)
   targets = np.asarray(batch.tokens)[:, 1:].astype(np.int64).copy()
   keep = np.zeros_like(targets, bool)
   for row, positions in _sequences(batch):
@@ -188,12 +193,13 @@ def test_sft_loss_matches_torch_cross_entropy():
 def test_sft_loss_with_external_token_count_adds_up_over_row_blocks():
   batch = _packed_batch()
   logits = _logits(batch)
-  full, _ = losses.sft_loss(jnp.asarray(logits), batch)
+  full, _ = losses.sft_loss(_token_logprobs(logits, batch.tokens), batch)
   num_tokens, _ = losses.count_targets(batch)
   total = 0.0
   for rows in (slice(0, 2), slice(2, 5)):
     part = jax.tree.map(lambda x, rows=rows: x[rows], batch)
-    total += float(losses.sft_loss(jnp.asarray(logits[rows]), part, num_tokens=num_tokens)[0])
+    total += float(losses.sft_loss(_token_logprobs(logits[rows], part.tokens), part,
+                                   num_tokens=num_tokens)[0])
   np.testing.assert_allclose(total, float(full), rtol=1e-5)
 
 
@@ -201,7 +207,8 @@ def test_sft_prompt_loss_weight_adds_weighted_prompt_nll_like_torch():
   batch = _packed_batch()
   logits = _logits(batch)
   weight = 0.25
-  loss, metrics = losses.sft_loss(jnp.asarray(logits), batch, prompt_loss_weight=weight)
+  loss, metrics = losses.sft_loss(_token_logprobs(logits, batch.tokens), batch,
+                                  prompt_loss_weight=weight)
   # Reference: per-token weights 1 (response) / w (prompt) on every token that has a
   # predecessor in its own sequence, torch cross entropy, divided by the response count.
   tokens = np.asarray(batch.tokens)
@@ -222,7 +229,7 @@ def test_sft_prompt_loss_weight_adds_weighted_prompt_nll_like_torch():
   prompt = weights == weight
   assert int(metrics["prompt_tokens"]) == int(prompt.sum())
   np.testing.assert_allclose(float(metrics["prompt_nll_sum"]), nll[prompt].sum(), rtol=1e-5)
-  unweighted, plain = losses.sft_loss(jnp.asarray(logits), batch)
+  unweighted, plain = losses.sft_loss(_token_logprobs(logits, batch.tokens), batch)
   assert float(loss) > float(unweighted) and "prompt_tokens" not in plain
 
 
@@ -233,7 +240,7 @@ def _grpo_inputs(seed=0):
   """Batch whose old log-probs put ratios on both sides of both clip bounds."""
   batch = _packed_batch(seed)
   logits = _logits(batch, seed=seed + 1)
-  logp = np.asarray(losses.token_logprobs(jnp.asarray(logits), jnp.asarray(batch.tokens)))
+  logp = np.asarray(_token_logprobs(logits, batch.tokens))
   rng = np.random.RandomState(seed + 2)
   mask = np.asarray(batch.loss_mask)
   old = np.where(mask > 0, logp + rng.uniform(-1.6, 1.6, logp.shape), 0.0).astype(np.float32)
@@ -251,7 +258,8 @@ def test_grpo_loss_matches_numpy_reference(kl_estimator, aggregation, clip_ratio
   batch, logits, ref = _grpo_inputs()
   kwargs = dict(clip_low=0.2, clip_high=0.28, clip_ratio_c=clip_ratio_c, kl_coef=0.05,
                 kl_estimator=kl_estimator, aggregation=aggregation, entropy_coef=0.01)
-  loss, metrics = losses.grpo_loss(jnp.asarray(logits), jnp.asarray(ref), batch, **kwargs)
+  loss, metrics = losses.grpo_loss(_token_logprobs(logits, batch.tokens),
+                                   _token_entropy(logits), jnp.asarray(ref), batch, **kwargs)
   per_token = _np_per_token(batch, logits, np.asarray(batch.old_logprobs), ref,
                             np.asarray(batch.advantages), 0.2, 0.28, clip_ratio_c,
                             kl_estimator)
@@ -291,9 +299,10 @@ def test_k3_kl_is_clamped_like_verl_low_var_kl():
 
 def test_grpo_zero_advantage_and_equal_policies_give_zero_loss():
   batch, logits, _ = _grpo_inputs()
-  logp = losses.token_logprobs(jnp.asarray(logits), jnp.asarray(batch.tokens))
+  logp = _token_logprobs(logits, batch.tokens)
   batch = dataclasses.replace(batch, advantages=np.zeros(batch.shape, np.float32))
-  loss, metrics = losses.grpo_loss(jnp.asarray(logits), logp, batch, entropy_coef=0.0)
+  loss, metrics = losses.grpo_loss(logp, _token_entropy(logits), logp, batch,
+                                   entropy_coef=0.0)
   assert float(loss) == 0.0 and float(metrics["kl"]) == 0.0
 
 
@@ -301,19 +310,19 @@ def test_grpo_zero_advantage_and_equal_policies_give_zero_loss():
 def test_grpo_gradient_at_ratio_one_is_reinforce(aggregation):
   batch, logits, _ = _grpo_inputs(seed=3)
   tokens = jnp.asarray(batch.tokens)
-  logp = losses.token_logprobs(jnp.asarray(logits), tokens)
+  logp = _token_logprobs(logits, tokens)
   on_policy = dataclasses.replace(batch, old_logprobs=np.asarray(logp))
 
   def grpo(x):
-    return losses.grpo_loss(x, None, on_policy, kl_estimator="none", kl_coef=0.0,
-                            aggregation=aggregation)[0]
+    return losses.grpo_loss(_token_logprobs(x, tokens), _token_entropy(x), None, on_policy,
+                            kl_estimator="none", kl_coef=0.0, aggregation=aggregation)[0]
 
   sequences = _sequences(batch)
   advantages = np.asarray(batch.advantages)
   num_tokens = sum(len(positions) for _, positions in sequences)
 
   def surrogate(x):  # -A * log p, averaged per the aggregation, written out by hand
-    logp = losses.token_logprobs(x, tokens)
+    logp = _token_logprobs(x, tokens)
     total = 0.0
     for row, positions in sequences:
       terms = [-advantages[row, t] * logp[row, t] for t in positions]

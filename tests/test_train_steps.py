@@ -242,3 +242,72 @@ def test_learning_rate_schedule_warms_up_then_holds():
       learning_rate=1.0, warmup_steps=2, schedule="cosine", total_steps=6, min_lr_ratio=0.1))
   expected = [0.0, 0.5] + [0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(5)]
   np.testing.assert_allclose([float(cosine(s)) for s in range(7)], expected, rtol=1e-6)
+
+
+def test_chunked_sft_loss_gives_the_unchunked_step(params):
+  """loss_chunk=4 (not dividing the 15 predicted positions) against the whole-row lm head
+  (tests/test_logprobs.py checks the chunked log-probs against a dense log-softmax)."""
+  batch = _sft_batch()
+
+  def run(loss_chunk):
+    state = state_lib.create_train_state(CONFIG, params, SGD)
+    state, metrics = steps.make_sft_step(CONFIG, SGD, loss_chunk=loss_chunk)(state, batch)
+    return _host(state.params), _host(metrics)
+
+  (chunked_params, chunked), (whole_params, whole) = run(4), run(0)
+  for name in ("loss", "grad_norm"):
+    np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-5, err_msg=name)
+  _assert_trees_close(chunked_params, whole_params, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_chunked_grpo_loss_gives_the_unchunked_step(params):
+  """As above for GRPO: policy and reference log-probs at a temperature, and the entropy."""
+  batch = batch_lib.pad_examples(_examples(8, seed=6), length=LENGTH)
+  batch = dataclasses.replace(batch, old_logprobs=np.asarray(
+      steps.make_logprobs_fn(CONFIG)(params, batch)) - 0.1 * batch.loss_mask)
+  grpo_config = losses.GRPOConfig(entropy_coef=0.01, kl_coef=0.1, temperature=0.7)
+  ref_params = jax.tree.map(lambda p: p * 0.9, params)
+
+  def run(loss_chunk):
+    state = state_lib.create_train_state(CONFIG, params, SGD)
+    state, metrics = steps.make_grpo_step(CONFIG, SGD, grpo_config, loss_chunk=loss_chunk)(
+        state, ref_params, batch)
+    return _host(state.params), _host(metrics)
+
+  (chunked_params, chunked), (whole_params, whole) = run(4), run(0)
+  for name in ("loss", "pg_loss", "kl", "entropy", "ratio_mean", "grad_norm"):
+    np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-5, err_msg=name)
+  _assert_trees_close(chunked_params, whole_params, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad_accum_steps,loss_chunk", [(1, 0), (2, 4)])
+def test_recomputed_old_logprobs_make_the_first_ratio_exactly_one(params, grad_accum_steps,
+                                                                  loss_chunk):
+  """grpo_update with old_logprobs_fn (grpo.old_logprobs="recompute") replaces the sampler's
+  old log-probs (here off by up to 0.3 nats, as a bf16 sampler's can be) by the policy's
+  before the update: the one update's ratios are 1 to the last bits. Without it, the
+  sampler's are used and the ratios are not 1."""
+  rng = np.random.RandomState(7)
+  batch = batch_lib.pad_examples(_examples(8, seed=7), length=LENGTH)
+  temperature = 0.7
+  logprobs_fn = steps.make_logprobs_fn(CONFIG, temperature=temperature,
+                                       grad_accum_steps=grad_accum_steps, loss_chunk=loss_chunk)
+  exact = np.asarray(logprobs_fn(params, batch))
+  sampler = (exact + rng.uniform(-0.3, 0.3, exact.shape) * batch.loss_mask).astype(np.float32)
+  batch = dataclasses.replace(batch, old_logprobs=sampler)
+  grpo_step = steps.make_grpo_step(CONFIG, SGD, losses.GRPOConfig(temperature=temperature),
+                                   grad_accum_steps=grad_accum_steps, loss_chunk=loss_chunk)
+
+  def update(old_logprobs_fn):
+    state = state_lib.create_train_state(CONFIG, params, SGD)
+    return steps.grpo_update(grpo_step, state, params, batch, old_logprobs_fn=old_logprobs_fn)[1]
+
+  recomputed = update(logprobs_fn)
+  ulp = float(np.spacing(np.float32(1.0)))
+  for name in ("ratio_mean", "ratio_max", "ratio_min"):
+    assert abs(recomputed[name] - 1.0) <= ulp, (name, recomputed[name])
+  assert recomputed["ppo_kl"] == pytest.approx(0.0, abs=1e-7)
+  assert recomputed["clip_frac"] == 0.0
+  sampled = update(None)
+  assert sampled["ratio_max"] > 1.1 and sampled["ratio_min"] < 0.9, sampled

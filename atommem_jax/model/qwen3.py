@@ -60,24 +60,44 @@ class Qwen3(nn.Module):
   @nn.compact
   def __call__(self, token_ids: jax.Array, positions: jax.Array,
                mask: attention.AttentionMask, kv_cache: _layers.KvCache | None = None,
-               cache_index: jax.Array | None = None,
+               cache_index: jax.Array | None = None, *, hidden_only: bool = False,
                ) -> tuple[jax.Array, _layers.KvCache | None]:
     """token_ids/positions [B, T], mask (which keys each query sees) -> (fp32 logits
-    [B, T, V], stacked kv)."""
+    [B, T, V], stacked kv).
+
+    hidden_only: return the final normed hidden states [B, T, D] instead of the logits
+    (`lm_head` maps them to logits, e.g. a chunk of positions at a time).
+    """
     cfg = self.config
     embedder = Embedder(cfg, name="embedder")
     x = self.shard(embedder.encode(token_ids), ("act_batch", "act_length", "act_embed"))
     x, kv_cache = _layers.layer_stack(cfg)(cfg, self.shard, name="layers")(
         x, positions, mask, kv_cache, cache_index)
     x = _layers.RMSNorm(cfg.rms_norm_eps, "norm", cfg.jnp_param_dtype, name="final_norm")(x)
+    if hidden_only:
+      return x, kv_cache
     if cfg.tie_word_embeddings:
       vocab_logits = embedder.decode(x)
     else:
-      vocab_logits = _layers.Einsum(
-          "BTD,DV->BTV", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
-          dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype, out_dtype=jnp.float32,
-          name="lm_head")(x)
+      vocab_logits = _untied_head(cfg, name="lm_head")(x)
     return self.shard(vocab_logits, _LOGITS), kv_cache
+
+
+def _untied_head(config: Qwen3Config, **kwargs) -> nn.Module:
+  """The untied lm head: kernel [D, V], fp32 logits."""
+  return _layers.Einsum("BTD,DV->BTV", (config.hidden_size, config.vocab_size),
+                        ("embed", "vocab"), dtype=config.jnp_dtype,
+                        param_dtype=config.jnp_param_dtype, out_dtype=jnp.float32, **kwargs)
+
+
+def lm_head(config: Qwen3Config, params: Params, hidden: jax.Array) -> jax.Array:
+  """fp32 logits [B, T, V] of final hidden states [B, T, D] (`forward(..., hidden_only=True)`).
+
+  The same modules as the end of `Qwen3`: the tied embedding or the untied kernel.
+  """
+  if config.tie_word_embeddings:
+    return Embedder(config).apply({"params": params["embedder"]}, hidden, method=Embedder.decode)
+  return _untied_head(config).apply({"params": params["lm_head"]}, hidden)
 
 
 def _init_fn(config: Qwen3Config):
@@ -135,14 +155,16 @@ def cache_logical_axes() -> dict[str, tuple[str | None, ...]]:
 def forward(config: Qwen3Config, params: Params, token_ids: jax.Array, positions: jax.Array,
             *, attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
             cache: Cache | None = None, mesh: Mesh | None = None,
-            rules: sharding.Rules | None = None) -> tuple[jax.Array, Cache | None]:
+            rules: sharding.Rules | None = None, hidden_only: bool = False
+            ) -> tuple[jax.Array, Cache | None]:
   """Logits [B, T, V] fp32 for token_ids [B, T] at positions [B, T], and the updated cache.
 
   attention_mask [B, T]: 1 = real token. segment_ids [B, T]: packed sequences, 0 = padding;
   tokens attend only within their segment. Attention is causal by slot (token order).
   With a cache, the T tokens go to slots index..index+T-1 (the caller keeps
   index + T <= max_len) and attend to every valid earlier slot; the cache comes back with
-  index += T. segment_ids cannot be combined with a cache.
+  index += T. segment_ids cannot be combined with a cache. hidden_only: the final normed
+  hidden states [B, T, D] instead of the logits (see `lm_head`).
   """
   batch, length = token_ids.shape
   valid = (jnp.ones((batch, length), bool) if attention_mask is None
@@ -161,12 +183,12 @@ def forward(config: Qwen3Config, params: Params, token_ids: jax.Array, positions
     kv_cache = (cache["k"], cache["v"])
     mask = attention.AttentionMask(index + jnp.arange(length, dtype=jnp.int32), key_valid)
   shard = sharding.ActivationSharding(mesh, rules or sharding.DEFAULT_RULES)
-  vocab_logits, kv_cache = Qwen3(config, shard).apply(
-      {"params": params}, token_ids, positions, mask, kv_cache, index)
+  outputs, kv_cache = Qwen3(config, shard).apply(
+      {"params": params}, token_ids, positions, mask, kv_cache, index, hidden_only=hidden_only)
   if cache is None:
-    return vocab_logits, None
+    return outputs, None
   new_cache = {"k": kv_cache[0], "v": kv_cache[1], "mask": key_valid, "index": index + length}
-  return vocab_logits, new_cache
+  return outputs, new_cache
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

@@ -127,13 +127,11 @@ def sample(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: j
   cache = {name: shard(value, cache_axes[name]) for name, value in cache.items()}
   positions = qwen3.positions_from_mask(prompt_mask)
   forward = functools.partial(qwen3.forward, config, params, mesh=mesh, rules=rules)
-  # Prefill all but the last prompt token for the cache only (their [B, P, V] logits are
-  # dead code), then the last token alone: the vocab projection runs on one position.
-  if prompt_len > 1:
-    _, cache = forward(prompt_tokens[:, :-1], positions[:, :-1],
-                       attention_mask=prompt_mask[:, :-1], cache=cache)
-  logits, cache = forward(prompt_tokens[:, -1:], positions[:, -1:],
-                          attention_mask=prompt_mask[:, -1:], cache=cache)
+  # The prefill stops at the hidden states: the lm head runs on the last position only,
+  # never on [B, P, V].
+  hidden, cache = forward(prompt_tokens, positions, attention_mask=prompt_mask, cache=cache,
+                          hidden_only=True)
+  logits = qwen3.lm_head(config, params, hidden[:, -1:])
   eos_ids = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
 
   def cond(state):

@@ -1,7 +1,9 @@
 """Pure loss functions: completion-only SFT cross-entropy and the GRPO objective.
 
 All per-token quantities are [B, T] and aligned with the `TrainBatch` contract: entry t belongs
-to the target token tokens[:, t], predicted by the logits at t-1 (entry 0 is always 0).
+to the target token tokens[:, t], predicted by the logits at t-1 (entry 0 is always 0). The
+losses take per-token log-probs (and entropies), not logits: `model.logprobs.token_logprobs`
+computes them without holding a whole row's [T, V] logits.
 
 GRPO follows verl (the AtomMem reference trainer): PPO-clip with separate low/high epsilon
 (DAPO clip-higher) and verl's dual clip for negative advantages, a KL term to the reference
@@ -70,23 +72,6 @@ def _shift_right(x: jax.Array) -> jax.Array:
   return jnp.pad(x, ((0, 0), (1, 0)))
 
 
-def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """fp32 log p(tokens[:, t] | logits[:, t-1]) as [B, T]; 0 at t=0.
-
-  logits [B, T, V], tokens [B, T]. Computed as logit - logsumexp (a log_softmax entry).
-  """
-  logits = logits[:, :-1].astype(jnp.float32)
-  picked = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
-  return _shift_right(picked - jax.nn.logsumexp(logits, axis=-1))
-
-
-def token_entropy(logits: jax.Array) -> jax.Array:
-  """Entropy [B, T] of the full softmax that predicts tokens[:, t] (logits at t-1); 0 at t=0."""
-  logits = logits[:, :-1].astype(jnp.float32)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  return _shift_right(-jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1))
-
-
 def target_mask(batch: TrainBatch) -> jax.Array:
   """float32 [B, T]: loss_mask where tokens[t] has a predecessor in its own sequence."""
   segments = batch.segment_ids
@@ -131,9 +116,11 @@ def aggregate(values: jax.Array, batch: TrainBatch, aggregation: str, *,
   return total / jnp.maximum(count, 1.0)
 
 
-def sft_loss(logits: jax.Array, batch: TrainBatch, *, num_tokens: jax.Array | None = None,
+def sft_loss(logprobs: jax.Array, batch: TrainBatch, *, num_tokens: jax.Array | None = None,
              prompt_loss_weight: float = 0.0) -> tuple[jax.Array, Metrics]:
   """Completion-only cross-entropy: mean negative log-likelihood over the response tokens.
+
+  logprobs [B, T]: log p(tokens[:, t]) of the policy, 0 at t=0 (`model.logprobs`).
 
   `prompt_loss_weight` w > 0 adds the prompt tokens' NLL with per-token weight w (as the
   fine-tuning option of that name): loss = (sum_response nll + w * sum_prompt nll) /
@@ -146,7 +133,7 @@ def sft_loss(logits: jax.Array, batch: TrainBatch, *, num_tokens: jax.Array | No
   the full batch's count makes micro-batch losses add up. "loss" is the optimised value.
   """
   mask = target_mask(batch)
-  nll = -token_logprobs(logits, batch.tokens)
+  nll = -logprobs
   count = jnp.sum(mask)
   divisor = jnp.maximum(count if num_tokens is None else num_tokens, 1.0)
   loss = jnp.sum(jnp.where(mask > 0, nll, 0.0)) / divisor
@@ -191,7 +178,8 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, estimator: str) -> 
   raise ValueError(f"kl_estimator={estimator!r}; expected one of {KL_ESTIMATORS}")
 
 
-def grpo_loss(logits: jax.Array, ref_logprobs: jax.Array | None, batch: TrainBatch, *,
+def grpo_loss(logprobs: jax.Array, entropy: jax.Array, ref_logprobs: jax.Array | None,
+              batch: TrainBatch, *,
               clip_low: float = 0.2, clip_high: float = 0.28,
               clip_ratio_c: float | None = 3.0, kl_coef: float = 0.001,
               kl_estimator: str = "k3", aggregation: str = "token-mean",
@@ -199,8 +187,10 @@ def grpo_loss(logits: jax.Array, ref_logprobs: jax.Array | None, batch: TrainBat
               num_sequences: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
   """GRPO loss = pg_loss + kl_coef * kl - entropy_coef * entropy, and its metrics.
 
-  logits [B, T, V] of the current policy; ref_logprobs [B, T] from `token_logprobs` of the
-  reference policy (None when kl_estimator="none"). Per token, ratio = exp(logp - old_logp)
+  logprobs, entropy [B, T]: the current policy's log-probs of the tokens and the entropies
+  of its predicted distributions (`model.logprobs.token_logprobs`, at the rollout
+  temperature); ref_logprobs [B, T]: the reference policy's log-probs (None when
+  kl_estimator="none"). Per token, ratio = exp(logp - old_logp)
   and pg = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high)), for A < 0 capped at
   -A * clip_ratio_c (dual clip). pg, kl and entropy are reduced with `aggregation`.
 
@@ -213,7 +203,7 @@ def grpo_loss(logits: jax.Array, ref_logprobs: jax.Array | None, batch: TrainBat
     raise ValueError(f"kl_estimator={kl_estimator!r}; expected one of {KL_ESTIMATORS}")
   if kl_estimator != "none" and ref_logprobs is None:
     raise ValueError(f"kl_estimator={kl_estimator!r} needs ref_logprobs; pass the reference "
-                     "policy's token_logprobs or set kl_estimator='none'")
+                     "policy's token log-probs or set kl_estimator='none'")
   mask = target_mask(batch)
   count = jnp.sum(mask)
   token_count = jnp.maximum(count if num_tokens is None else num_tokens, 1.0)
@@ -221,7 +211,6 @@ def grpo_loss(logits: jax.Array, ref_logprobs: jax.Array | None, batch: TrainBat
                                     num_sequences=num_sequences)
   token_mean = lambda values: jnp.sum(jnp.where(mask > 0, values, 0.0)) / token_count
 
-  logprobs = token_logprobs(logits, batch.tokens)
   advantages = batch.advantages
   log_ratio = jnp.clip(logprobs - batch.old_logprobs, -20.0, 20.0)
   ratio = jnp.exp(log_ratio)
@@ -237,10 +226,9 @@ def grpo_loss(logits: jax.Array, ref_logprobs: jax.Array | None, batch: TrainBat
 
   kl = reduce(kl_penalty(logprobs, ref_logprobs if ref_logprobs is not None else logprobs,
                          kl_estimator))
-  entropy_per_token = token_entropy(logits)
   if entropy_coef == 0.0:
-    entropy_per_token = jax.lax.stop_gradient(entropy_per_token)
-  entropy = reduce(entropy_per_token)
+    entropy = jax.lax.stop_gradient(entropy)
+  entropy = reduce(entropy)
   loss = pg_loss + kl_coef * kl - entropy_coef * entropy
 
   on = mask > 0

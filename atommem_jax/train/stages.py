@@ -195,7 +195,8 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
   optimizer = state_lib.make_optimizer(optimizer_config(c))
   sft_step = steps_lib.make_sft_step(job.model_config, optimizer, job.mesh,
                                      grad_accum_steps=c.grad_accum,
-                                     prompt_loss_weight=c.prompt_loss_weight)
+                                     prompt_loss_weight=c.prompt_loss_weight,
+                                     loss_chunk=c.loss_chunk)
   timer = metrics_lib.StepTimer()
   with checkpointer(job, SFT) as manager:
     state, start = _start_state(job, SFT, optimizer, init, manager)
@@ -277,7 +278,12 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
       temperature=job.config.rollout.temperature)
   distributed.local_batch_shards(job.mesh)  # rollout rows can train where they were made
   grpo_step = steps_lib.make_grpo_step(job.model_config, optimizer, grpo_config, job.mesh,
-                                       grad_accum_steps=g.grad_accum)
+                                       grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
+  old_logprobs_fn = None
+  if g.old_logprobs == "recompute":
+    old_logprobs_fn = steps_lib.make_logprobs_fn(
+        job.model_config, job.mesh, temperature=grpo_config.temperature,
+        grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
   loop = make_rollout_loop(job, g.questions_per_batch * g.group_size, greedy=False)
   timer = metrics_lib.StepTimer()
   with checkpointer(job, GRPO) as manager:
@@ -293,7 +299,8 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
       batch = grpo_batch(job, rollout)
       state, update = steps_lib.grpo_update(grpo_step, state, reference, batch,
                                             num_minibatches=g.num_minibatches,
-                                            epochs=g.epochs, rng=shuffle_key, mesh=job.mesh)
+                                            epochs=g.epochs, rng=shuffle_key, mesh=job.mesh,
+                                            old_logprobs_fn=old_logprobs_fn)
       tokens = sum(distributed.allgather_objects(int(np.sum(batch.segment_ids > 0))))
       timing = timer.stop(float(tokens), state.step)
       job.writer.write(offset + step + 1, {**update, **_rollout_metrics(rollout), **timing},

@@ -10,10 +10,14 @@ AdamW once. The state is donated; params and optimizer state keep `state_shardin
 
 Step metrics are scalars: sums over micro-batches, except `*_max` / `*_min` (max / min).
 `grad_norm` is the global gradient norm before clipping.
+
+`loss_chunk` > 0 computes the token log-probs `loss_chunk` positions at a time
+(`model.logprobs`), so that no program holds a whole row's [T, V] logits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -23,6 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from atommem_jax.model import logprobs as logprobs_lib
 from atommem_jax.model import qwen3
 from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
@@ -135,16 +140,23 @@ def _placed(batch: TrainBatch, shardings: TrainBatch) -> TrainBatch:
   return jax.tree.map(place, batch, shardings)
 
 
-def _logits(config: Qwen3Config, params: Params, batch: TrainBatch, mesh: Mesh,
-            rules: sharding.Rules, temperature: float = 1.0) -> jax.Array:
-  vocab_logits, _ = qwen3.forward(config, params, batch.tokens, batch.positions,
-                                  segment_ids=batch.segment_ids, mesh=mesh, rules=rules)
-  return vocab_logits if temperature == 1.0 else vocab_logits / temperature
+def _token_logprobs(config: Qwen3Config, params: Params, batch: TrainBatch, mesh: Mesh,
+                    rules: sharding.Rules, *, temperature: float = 1.0, loss_chunk: int = 0,
+                    with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
+  """The batch's token log-probs [B, T] (and entropies) under params, logits / temperature."""
+  hidden, _ = qwen3.forward(config, params, batch.tokens, batch.positions,
+                            segment_ids=batch.segment_ids, mesh=mesh, rules=rules,
+                            hidden_only=True)
+  return logprobs_lib.token_logprobs(config, params, hidden, batch.tokens,
+                                     temperature=temperature, chunk=loss_chunk,
+                                     with_entropy=with_entropy,
+                                     shard=sharding.ActivationSharding(mesh, rules))
 
 
 def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
                   mesh: Mesh | None = None, rules: sharding.Rules | None = None, *,
-                  grad_accum_steps: int = 1, prompt_loss_weight: float = 0.0
+                  grad_accum_steps: int = 1, prompt_loss_weight: float = 0.0,
+                  loss_chunk: int = 0
                   ) -> Callable[[TrainState, TrainBatch], tuple[TrainState, Metrics]]:
   """Returns sft_step(state, batch) -> (state, metrics): one AdamW update on the SFT loss.
 
@@ -162,8 +174,9 @@ def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
     num_tokens, _ = losses.count_targets(batch)
 
     def loss_fn(params, micro):
-      return losses.sft_loss(_logits(config, params, micro, mesh, rules), micro,
-                             num_tokens=num_tokens, prompt_loss_weight=prompt_loss_weight)
+      logprobs, _ = _token_logprobs(config, params, micro, mesh, rules, loss_chunk=loss_chunk)
+      return losses.sft_loss(logprobs, micro, num_tokens=num_tokens,
+                             prompt_loss_weight=prompt_loss_weight)
 
     grads, metrics = _accumulated_grads(loss_fn, state.params, batch, grad_accum_steps, mesh,
                                         rules)
@@ -189,7 +202,7 @@ def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
 def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
                    grpo_config: losses.GRPOConfig = losses.GRPOConfig(),
                    mesh: Mesh | None = None, rules: sharding.Rules | None = None, *,
-                   grad_accum_steps: int = 1
+                   grad_accum_steps: int = 1, loss_chunk: int = 0
                    ) -> Callable[[TrainState, Params | None, TrainBatch],
                                  tuple[TrainState, Metrics]]:
   """Returns grpo_step(state, ref_params, batch) -> (state, metrics): one AdamW update.
@@ -213,10 +226,13 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
     def loss_fn(params, micro):
       ref_logprobs = None
       if use_ref:
-        ref_logits = _logits(config, ref_params, micro, mesh, rules, temperature)
-        ref_logprobs = jax.lax.stop_gradient(losses.token_logprobs(ref_logits, micro.tokens))
-      return losses.grpo_loss(_logits(config, params, micro, mesh, rules, temperature),
-                              ref_logprobs, micro, num_tokens=num_tokens,
+        ref_logprobs, _ = _token_logprobs(config, ref_params, micro, mesh, rules,
+                                          temperature=temperature, loss_chunk=loss_chunk)
+        ref_logprobs = jax.lax.stop_gradient(ref_logprobs)
+      logprobs, entropy = _token_logprobs(config, params, micro, mesh, rules,
+                                          temperature=temperature, loss_chunk=loss_chunk,
+                                          with_entropy=True)
+      return losses.grpo_loss(logprobs, entropy, ref_logprobs, micro, num_tokens=num_tokens,
                               num_sequences=num_sequences, **grpo_config.loss_kwargs())
 
     grads, metrics = _accumulated_grads(loss_fn, state.params, batch, grad_accum_steps, mesh,
@@ -258,13 +274,27 @@ def _from_process_rows(batch: TrainBatch, mesh: Mesh | None, rules: sharding.Rul
                       batch, shardings)
 
 
+def _process_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of a global [P * R, T] array laid out by `_from_process_rows`."""
+  if jax.process_count() == 1:
+    return np.asarray(array)
+  blocks = {shard.index[0].start or 0: shard.data for shard in array.addressable_shards}
+  return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
+
+
 def grpo_update(grpo_step: Callable[[TrainState, Params | None, TrainBatch],
                                     tuple[TrainState, Metrics]],
                 state: TrainState, ref_params: Params | None, batch: TrainBatch, *,
                 num_minibatches: int = 1, epochs: int = 1, rng: jax.Array | None = None,
-                mesh: Mesh | None = None, rules: sharding.Rules | None = None
+                mesh: Mesh | None = None, rules: sharding.Rules | None = None,
+                old_logprobs_fn: Callable[[Params, TrainBatch], jax.Array] | None = None
                 ) -> tuple[TrainState, dict[str, float]]:
   """Several updates on one rollout batch: `epochs` passes over `num_minibatches` row blocks.
+
+  With `old_logprobs_fn` (`make_logprobs_fn` at the rollout temperature), the batch's
+  old_logprobs are first recomputed with the current params, before any update, as verl
+  does: the first mini-batch's ratios are then exactly 1, whatever the sampler's precision
+  or kernels. Without it the batch's own (the sampler's) are used.
 
   With `rng`, rows are shuffled at every epoch (fold_in(rng, epoch)), so mini-batches mix
   groups; without it they are taken in order (verl's default, shuffle=False). Each
@@ -282,6 +312,11 @@ def grpo_update(grpo_step: Callable[[TrainState, Params | None, TrainBatch],
   if rows % num_minibatches:
     raise ValueError(f"batch of {rows} rows cannot be split into num_minibatches="
                      f"{num_minibatches} equal mini-batches; pad the batch or change it")
+  if old_logprobs_fn is not None:
+    old_logprobs = [_process_rows(old_logprobs_fn(state.params,
+                                                  _from_process_rows(block, mesh, rules)))
+                    for block in batch_lib.split_rows(batch, num_minibatches)]
+    batch = dataclasses.replace(batch, old_logprobs=np.concatenate(old_logprobs))
   history = []
   for epoch in range(epochs):
     epoch_batch = batch
@@ -302,21 +337,31 @@ def grpo_update(grpo_step: Callable[[TrainState, Params | None, TrainBatch],
 
 
 def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
-                     rules: sharding.Rules | None = None, *, temperature: float = 1.0
+                     rules: sharding.Rules | None = None, *, temperature: float = 1.0,
+                     grad_accum_steps: int = 1, loss_chunk: int = 0
                      ) -> Callable[[Params, TrainBatch], jax.Array]:
   """Returns fn(params, batch) -> [B, T] log-probs of the trained target tokens (0 elsewhere).
 
   Recomputes a batch's `old_logprobs` (verl recomputes them with the training forward) or
-  the reference policy's log-probs; params sharded per `param_shardings`.
+  the reference policy's log-probs; params sharded per `param_shardings`. The forward is the
+  train steps': the same micro-batches (`grad_accum_steps`, one at a time, so it fits where
+  the step fits) and lm-head chunks (`loss_chunk`).
   """
   mesh = mesh or state_lib.single_device_mesh()
   rules = rules or sharding.DEFAULT_RULES
   params_sharding = qwen3.param_shardings(config, mesh, rules)
 
+  def micro_logprobs(params: Params, micro: TrainBatch) -> jax.Array:
+    token_logprobs, _ = _token_logprobs(config, params, micro, mesh, rules,
+                                        temperature=temperature, loss_chunk=loss_chunk)
+    return token_logprobs * losses.target_mask(micro)
+
   def logprobs(params: Params, batch: TrainBatch) -> jax.Array:
-    token_logprobs = losses.token_logprobs(
-        _logits(config, params, batch, mesh, rules, temperature), batch.tokens)
-    return token_logprobs * losses.target_mask(batch)
+    if grad_accum_steps == 1:
+      return micro_logprobs(params, batch)
+    micro = _micro_batches(batch, grad_accum_steps, mesh, rules)
+    per_micro = jax.lax.map(functools.partial(micro_logprobs, params), micro)  # [k, B/k, T]
+    return per_micro.swapaxes(0, 1).reshape(batch.shape)
 
   @functools.cache
   def compiled(shape: tuple[int, int]):
@@ -325,6 +370,7 @@ def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
                    out_shardings=batch_sharding.tokens)
 
   def logprobs_fn(params: Params, batch: TrainBatch) -> jax.Array:
+    _check_rows(batch, grad_accum_steps)
     return compiled(batch.shape)(params, _placed(batch, _batch_shardings(mesh, rules,
                                                                          batch.shape)))
 

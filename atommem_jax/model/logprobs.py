@@ -1,0 +1,81 @@
+"""Per-token log-probs and entropies of a token sequence, the lm head a chunk at a time.
+
+The vocabulary projection is the largest activation of a long row: fp32 logits [B, T, V]
+take 10 GB for one 16k-token row of Qwen3's 151,936-token vocabulary, with more copies for
+the log-softmax and its gradient. Here the lm head runs inside a `lax.scan` over chunks of
+`chunk` positions, each under `jax.checkpoint`, so that only one chunk's logits [B, C, V]
+exist at a time, in the forward pass and (recomputed) in the backward pass.
+
+Alignment (the `train.batch.TrainBatch` contract): entry t is log p(tokens[:, t]) under the
+distribution predicted at position t-1; entry 0 is 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from atommem_jax.model import qwen3
+from atommem_jax.model import sharding
+from atommem_jax.model.config import Qwen3Config
+
+Params = dict[str, Any]
+_LOGITS = ("act_batch", "act_length", "act_vocab")
+
+
+def _shift_right(x: jax.Array) -> jax.Array:
+  """[B, T-1] values for targets 1..T-1 -> [B, T] with 0 at t=0."""
+  return jnp.pad(x, ((0, 0), (1, 0)))
+
+
+def token_logprobs(config: Qwen3Config, params: Params, hidden: jax.Array, tokens: jax.Array,
+                   *, temperature: float = 1.0, chunk: int = 0, with_entropy: bool = False,
+                   shard: sharding.ActivationSharding = sharding.ActivationSharding()
+                   ) -> tuple[jax.Array, jax.Array | None]:
+  """(log-probs [B, T], entropies [B, T] or None) of tokens [B, T] from hidden [B, T, D].
+
+  hidden: final normed hidden states (`qwen3.forward(..., hidden_only=True)`). Logits are
+  fp32 and divided by `temperature` (the sampling distribution's). chunk: positions per
+  lm-head call; 0 (or >= T - 1) projects every position at once. with_entropy: also the
+  entropy of each predicted distribution (else None).
+  """
+  batch, length = tokens.shape
+  targets = tokens[:, 1:]
+  predictors = hidden[:, :-1]
+  steps = length - 1
+
+  def stats(chunk_hidden, chunk_targets):
+    """[B, C, D], [B, C] -> log-probs [B, C] (and entropies [B, C])."""
+    logits = shard(qwen3.lm_head(config, params, chunk_hidden), _LOGITS)
+    if temperature != 1.0:
+      logits = logits / temperature
+    log_normalizer = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, chunk_targets[..., None], axis=-1)[..., 0]
+    logprobs = picked - log_normalizer
+    if not with_entropy:
+      return logprobs, None
+    log_probs = logits - log_normalizer[..., None]
+    return logprobs, -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+  if chunk <= 0 or chunk >= steps:
+    logprobs, entropy = stats(predictors, targets)
+  else:
+    num_chunks = -(-steps // chunk)
+    pad = num_chunks * chunk - steps
+
+    def chunked(x):  # [B, T-1, ...] -> [num_chunks, B, C, ...], zero-padded at the end
+      x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+      return x.reshape((batch, num_chunks, chunk) + x.shape[2:]).swapaxes(0, 1)
+
+    def unchunked(x):  # [num_chunks, B, C] -> [B, T-1]
+      return x.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :steps]
+
+    checkpointed = jax.checkpoint(stats)
+    _, (logprobs, entropy) = jax.lax.scan(
+        lambda carry, xs: (carry, checkpointed(*xs)), None,
+        (chunked(predictors), chunked(targets)))
+    logprobs = unchunked(logprobs)
+    entropy = None if entropy is None else unchunked(entropy)
+  return _shift_right(logprobs), None if entropy is None else _shift_right(entropy)
