@@ -9,12 +9,13 @@ Every field is [B, T] (B rows, T tokens per row):
                          train, so the logit at t-1 predicts it. Never 1 at a sequence's first
                          token (it has no predecessor); the losses also ignore it there.
   old_logprobs  float32  log p_old(tokens[t]) where loss_mask is 1 (the sampler's per-token
-                         log-probs of the sampled response), 0 elsewhere.
+                         log-probs of the sampled response; `steps.grpo_update` recomputes
+                         them with the policy under grpo.old_logprobs="recompute"), 0 elsewhere.
   advantages    float32  per-token advantage where loss_mask is 1 (every token of every turn of
                          an episode carries the episode's advantage), 0 elsewhere.
 
-So the shift lives inside the losses: `losses.token_logprobs(logits, tokens)[:, t]` is
-log softmax(logits[:, t-1])[tokens[:, t]], aligned with `old_logprobs[:, t]`.
+So the shift lives in the log-probs the losses take: `model.logprobs.token_logprobs(...)[0]`
+at t is log softmax(logits[:, t-1])[tokens[:, t]], aligned with `old_logprobs[:, t]`.
 
 Builders turn (prompt_ids, response_ids, advantage, old_logprobs) examples into a batch: one
 right-padded sequence per row (`pad_examples`), several per row (`pack_examples`, for SFT),
