@@ -329,3 +329,22 @@ def test_cli_end_to_end(tmp_path):
                     "--seed", "0", "--out", str(tmp_path / "o.jsonl"))
   assert result.returncode == 2
   assert "bad.jsonl:1: missing field" in result.stderr
+
+
+def test_train_cli_stops_on_a_bad_row_with_one_line(tmp_path, hotpot):
+  rows = _saved_rows(tmp_path, hotpot)
+  rows[2]["gold_indices"] = [[40]]
+  train = _write_lines(tmp_path / "train.jsonl", rows)
+  command = [sys.executable, "-m", "atommem_jax.train", "--config",
+             os.path.join(REPO, "configs", "tiny.py"), "--workdir", str(tmp_path / "run"),
+             "--config.mesh.cpu_devices=0", "--config.tokenizer=qwen3",
+             "--config.data.kind=multihop", f"--config.data.train_files=('{train}',)"]
+  env = {**os.environ, "PYTHONPATH": REPO,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.splitlines() == [
+      f"error: {train}:3: field 'gold_indices[0][0]' = 40 is not a document index (the "
+      "context has 12 documents)"]

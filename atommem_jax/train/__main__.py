@@ -52,13 +52,15 @@ def main(argv: Sequence[str]) -> None:
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
+  from atommem_jax.data import multihop  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import stages  # pylint: disable=g-import-not-at-top
   try:
     loop.run(_CONFIG.value, _workdir())
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from e
-  except stages.NonFiniteUpdateError as e:
+  except (stages.NonFiniteUpdateError, multihop.DataError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
 

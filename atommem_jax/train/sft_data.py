@@ -41,7 +41,12 @@ def load_contexts(config, split: str) -> list[multihop.LongContext]:
   """The split's contexts: synthetic, or the multihop files of data.{train,eval}_files."""
   if config.data.kind == "synthetic":
     return synthetic_contexts(config, split)
+  field = "data.train_files" if split == "train" else "data.eval_files"
   files = config.data.train_files if split == "train" else config.data.eval_files
+  missing = [path for path in files if not fileio.isfile(path)]
+  if missing:
+    raise multihop.DataError(f"config field {field}: no such file {missing[0]!r}; build one "
+                             "with `python -m atommem_jax.data.build`")
   contexts = [c for path in files for c in multihop.load_long_contexts(path)]
   limit = config.eval.num_contexts if split == "eval" else 0
   return contexts[:limit] if limit else contexts
@@ -158,8 +163,8 @@ def file_examples(path: str, tokenizer) -> list[Example]:
   A bad line raises DataError naming the file, line and field.
   """
   if not fileio.isfile(path):
-    raise FileNotFoundError(f"config field data.sft_file={path!r}: no such file; give JSON "
-                            "lines of chat messages ({\"messages\": [...]})")
+    raise multihop.DataError(f"config field data.sft_file={path!r}: no such file; give JSON "
+                             "lines of chat messages ({\"messages\": [...]})")
   examples = []
   for line_number, raw in enumerate(fileio.read_bytes(path).splitlines(), start=1):
     where = f"{path}:{line_number}"
