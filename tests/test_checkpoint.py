@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -204,3 +205,98 @@ def test_step_timer_reports_tokens_per_second():
   np.testing.assert_allclose(stats["tokens_per_s"], 1000 / stats["step_time_s"], rtol=1e-6)
   with pytest.raises(RuntimeError, match="before start"):
     timer.stop(1)
+
+
+# --- damaged checkpoints --------------------------------------------------------------------
+
+
+def _largest_data_file(step_dir) -> str:
+  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir / "state")
+           for name in names if os.sep + "d" + os.sep in os.path.join(root, name)]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(step_dir):
+  path = _largest_data_file(step_dir)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip_a_byte(step_dir):
+  # Orbax itself restores this file without an error, with a wrong value in one array.
+  path = _largest_data_file(step_dir)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x40
+  open(path, "wb").write(bytes(data))
+
+
+def _empty_metadata(step_dir):
+  open(step_dir / "state" / "_METADATA", "w").close()
+
+
+DAMAGES = {"truncated": (_truncate, "bytes, .* were written"),
+           "byte_flipped": (_flip_a_byte, "does not match its checksum"),
+           "empty_metadata": (_empty_metadata, "state/_METADATA is unreadable")}
+
+
+def _save_steps(directory, mesh, steps=(1, 2)):
+  states = {step: _random_state(mesh, seed=10 + step, step=step) for step in steps}
+  expected = {step: _host(state) for step, state in states.items()}
+  with checkpoint.Checkpointer(directory) as checkpointer:
+    for step in steps:
+      checkpointer.save(states[step])
+  return expected
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, mesh, damage, caplog):
+  expected = _save_steps(tmp_path, mesh)
+  corrupt, reason = DAMAGES[damage]
+  corrupt(tmp_path / "2")
+  target = state_lib.abstract_train_state(CONFIG, OPTIMIZER, mesh)
+  with checkpoint.Checkpointer(tmp_path) as reader:  # export / evaluate: params only
+    with pytest.raises(checkpoint.CheckpointError, match=f"step 2 .*damaged: .*{reason}"):
+      reader.restore_params(state_lib.abstract_params(CONFIG, mesh), step=2)
+    params, _ = reader.restore_params(state_lib.abstract_params(CONFIG, mesh))
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected[1].params)):
+    np.testing.assert_array_equal(got, want)
+  assert sorted(os.listdir(tmp_path)) == ["1", "2"]  # reading params moves nothing
+  with checkpoint.Checkpointer(tmp_path) as resumed:
+    assert resumed.complete_steps() == [1, 2]
+    caplog.clear()
+    assert resumed.latest_step() == 1
+    assert re.search(f"checkpoint step 2 under {tmp_path} is skipped: .*{reason}", caplog.text)
+    restored, _ = resumed.restore(target)
+    _assert_same(restored, expected[1], mesh)
+    # Resuming from step 1 set step 2 aside, so that the run can save step 2 again.
+    assert sorted(os.listdir(tmp_path)) == ["1", "2.damaged"]
+    again = _random_state(mesh, seed=30, step=2)
+    again_host = _host(again)
+    resumed.save(again)
+  with checkpoint.Checkpointer(tmp_path) as reopened:
+    assert reopened.latest_step() == 2
+    _assert_same(reopened.restore(target)[0], again_host, mesh)
+
+
+def test_a_step_orbax_cannot_read_without_checksums_falls_back_too(tmp_path, mesh, caplog):
+  """A step saved without checksums.json (by an older version) that orbax fails to read."""
+  expected = _save_steps(tmp_path, mesh)
+  os.remove(tmp_path / "2" / checkpoint.CHECKSUMS)
+  _truncate(tmp_path / "2")
+  with checkpoint.Checkpointer(tmp_path) as resumed:
+    restored, _ = resumed.restore(state_lib.abstract_train_state(CONFIG, OPTIMIZER, mesh))
+  _assert_same(restored, expected[1], mesh)
+  assert re.search("checkpoint step 2 .* is skipped: orbax cannot read it", caplog.text)
+
+
+def test_no_step_restores_names_the_directory_and_each_reason(tmp_path, mesh):
+  _save_steps(tmp_path, mesh)
+  _flip_a_byte(tmp_path / "2")
+  _empty_metadata(tmp_path / "1")
+  with checkpoint.Checkpointer(tmp_path) as resumed:
+    assert resumed.latest_step() is None
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=(f"no checkpoint under {tmp_path} can be restored \\(step 2: .*"
+                              "checksum.*; step 1: state/_METADATA is unreadable")):
+      resumed.restore(state_lib.abstract_train_state(CONFIG, OPTIMIZER, mesh))
+  assert sorted(os.listdir(tmp_path)) == ["1", "2"]  # nothing moved when nothing restores

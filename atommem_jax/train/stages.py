@@ -109,8 +109,9 @@ def restore_params(job: Job, stage: str) -> Params:
 
 def _start_state(job: Job, stage: str, optimizer, init: Params | jax.Array,
                  manager: checkpoint_lib.Checkpointer) -> tuple[state_lib.TrainState, int]:
-  """The stage's state: from its newest checkpoint, else fresh from `init` (params or key)."""
-  if manager.latest_step() is not None:
+  """The stage's state: from its newest checkpoint that restores, else (none saved) fresh from
+  `init` (params or key); CheckpointError when there are checkpoints but none restores."""
+  if manager.complete_steps():
     target = state_lib.abstract_train_state(job.model_config, optimizer, job.mesh)
     state, meta = manager.restore(target)
     job.log(f"{stage}: resuming after step {meta['stage_step']} from {manager.directory}")
