@@ -104,8 +104,8 @@ def test_grpo_step_skipping_a_bad_batch_leaves_no_trace(host_params, mesh, grpo_
   _assert_equal(_host(state), _host(expected))
 
   # grpo_update's summary shows the skipped update among the others (mean of 0 / 1).
-  state, summary = steps.grpo_update(grpo_step, _state(host_params, mesh), None,
-                                     batch_lib.take_rows(poisoned, np.array([1, 2, 3, 4, 0, 5, 6, 7])),
+  bad_row_last = batch_lib.take_rows(poisoned, np.array([1, 2, 3, 4, 0, 5, 6, 7]))
+  state, summary = steps.grpo_update(grpo_step, _state(host_params, mesh), None, bad_row_last,
                                      num_minibatches=2)
   assert summary["update_skipped"] == 0.5 and int(state.step) == 1
 

@@ -12,10 +12,10 @@ of that, a step directory is only used when it holds orbax's `_CHECKPOINT_METADA
 
 Orbax does not notice every damaged file (a flipped byte in an array's data file restores as
 a wrong value), so each step also holds `checksums.json`: the size and CRC-32 of each of its
-files, written before the rename (after it when saves are synchronous). `latest_step` and `restore` skip, with a warning saying
-which step and why, a step whose files do not match it, whose metadata does not parse or that
-orbax fails to read, and use the newest one that restores; when none does, CheckpointError
-names the directory.
+files, written before the rename (after it when saves are synchronous). `latest_step` and
+`restore` skip, with a warning saying which step and why, a step whose files do not match it,
+whose metadata does not parse or that orbax fails to read, and use the newest one that
+restores; when none does, CheckpointError names the directory.
 """
 
 from __future__ import annotations
