@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import pathlib
 import re
+import time
 
 from hypothesis import given
 from hypothesis import settings
@@ -15,6 +16,7 @@ import pytest
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import oracle
 from atommem_jax.agent import prompts
+from atommem_jax.agent.actions import parse_response
 from atommem_jax.data import synthetic
 from atommem_jax.data.multihop import Document
 from atommem_jax.data.multihop import LongContext
@@ -388,3 +390,125 @@ def test_tiny_question_last_template_holds_the_same_read_text_in_another_order()
   def lines(observation):  # the text lines, blank separators aside
     return sorted(line for line in observation.messages[1]["content"].splitlines() if line)
   assert lines(first) == lines(last)
+
+
+# --- Fuzz harness: random and adversarial responses through the parser and the env. -------
+_FUZZ_FRAGMENTS = (
+    [f"<{tag}>" for tag in ("update_memory", "update_query", "add_memory", "modify_memory",
+                            "delete_memory", "final_answer")]
+    + [f"</{tag}>" for tag in ("update_memory", "update_query", "add_memory",
+                               "modify_memory", "delete_memory", "final_answer")]
+    + ['<add_memory id="1">', "<UPDATE_QUERY k=v>", "</add_memory x>", "<think>", "</think>",
+       "<foo>", "</b>", "<a ", "<", ">", "Memory 1:", "Memory 2", "memory 3: ", "Memory 0",
+       "Memory 99999999999999999999", "\\boxed{", "\\boxed{ans}", "{", "}", "\\", "\\}", " ",
+       "\n", "text", "Zarko lives in Belo.", "\u00e9\u4e2d", ":"])
+
+
+def _random_response(rng: np.random.Generator) -> str:
+  pieces = rng.choice(len(_FUZZ_FRAGMENTS), size=rng.integers(0, 40))
+  return "".join(_FUZZ_FRAGMENTS[i] for i in pieces)
+
+
+def _adversarial_responses(size: int) -> list[str]:
+  """Inputs that were quadratic (or worse) in a parser that rescans: `size` characters."""
+  def rep(piece: str, n: int = size) -> str:
+    return piece * max(1, n // len(piece))
+  return [
+      "<final_answer>" + "\\boxed{" * 4677 + "</final_answer>",  # 8.7 s before the fix
+      "<final_answer>" + rep("\\boxed{") + "</final_answer>",
+      rep("\\boxed{") + "\\boxed{x}",
+      rep("<add_memory>", size // 2) + rep("</update_query>", size // 2),
+      rep("<add_memory>", size // 2) + rep("<update_query>q</update_query>", size // 2),
+      rep("<add_memory><update_query></add_memory>"),
+      rep("<a "), rep("<"), rep("<think>"), rep("</think>"), rep("<foo>"),
+      "<final_answer>" + rep("{") + "</final_answer>",
+      "<final_answer>" + rep("\\") + "</final_answer>",
+      "<modify_memory>Memory " + "1" * size + ": x</modify_memory>",
+      "<delete_memory>" + rep("Memory ") + "</delete_memory>",
+      "<update_query>" + "x" * size + "</update_query>",
+      "<add_memory>" + rep("a<b ") + "</add_memory>",
+  ]
+
+
+def _over_budget(seconds: float, characters: int, base: float = 0.1) -> bool:
+  """A budget linear in the response: `base` + 5 us a character (0.1 s + 5 s for 1 MB,
+  where the rescanning parser took over 60 s; 0.26 s for the 32 KB boxed case, 8.7 s)."""
+  return seconds > base + 5e-6 * characters
+
+
+def test_parser_fuzz_is_total_valid_and_linear():
+  """10^4 responses (random fragment soups and adversarial inputs up to 1 MB) through
+  parse_response: none raises, every kept action is valid, none is over its time budget."""
+  rng = np.random.default_rng(0)
+  responses = [_random_response(rng) for _ in range(10_000 - 34)]
+  responses += _adversarial_responses(32_768) + _adversarial_responses(1_000_000)
+  slow = []
+  for response in responses:
+    num_retrieved = int(rng.integers(0, 7))
+    start = time.perf_counter()
+    parsed = parse_response(response, num_retrieved=num_retrieved)
+    seconds = time.perf_counter() - start
+    if _over_budget(seconds, len(response)):
+      slow.append((response[:40], len(response), round(seconds, 2)))
+    for action in parsed.actions:
+      if action.memory_index is not None:
+        assert 1 <= action.memory_index <= num_retrieved
+      assert action.text == action.text.strip()
+  assert slow == []
+
+
+def test_env_fuzz_keeps_the_store_valid_and_steps_in_linear_time():
+  """10^4 random responses through MemoryEnv.step (32 episodes a batch, the compact
+  template, a 2-entry store cap), then the adversarial inputs one episode at a time, in the
+  read and in the answer phase: no step raises; after every step each episode's store holds
+  creates - deletes entries with distinct ids and non-empty texts within the cap, its prompt
+  fits the budget, it is within its turn limit. No step is over its time budget: for an
+  adversarial response, linear in the 32 KB the env keeps (it parses nothing else: the
+  answer phase once scanned the whole response); for a batch, 0.1 s a response."""
+  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  config = dict(chunk_tokens=24, chunk_overlap=4, max_chunks=4, max_store_entries=2,
+                max_queries_per_question=1, max_prompt_tokens=256,
+                prompt_template=str(configs / "tiny_prompt.txt"))
+  contexts = [_context(num_docs=4, questions=(("Capital of Zorland?", "Paris"),
+                                              ("Largest lake?", "Blue")), context_id=f"c{i}")
+              for i in range(32)]
+  rng = np.random.default_rng(1)
+  env = _env(**config)
+  observations, stepped, slow = env.reset(contexts), 0, []
+  adversarial = iter(_adversarial_responses(40_000) + _adversarial_responses(200_000))
+  single = _env(**config)
+  while stepped < 10_000:
+    responses = [_random_response(rng) for _ in observations]
+    start = time.perf_counter()
+    observations = env.step(responses)
+    if _over_budget(time.perf_counter() - start, 0, base=0.1 * len(responses)):
+      slow.append(("batch", stepped))
+    stepped += len(responses)
+    _check_env_invariants(env)
+    if not observations:
+      observations = env.reset(contexts)
+  kept = single.config.max_response_chars
+  for response in adversarial:
+    for phase in ("read", "answer"):
+      [observation] = single.reset(contexts[:1])
+      while observation.phase != phase:
+        [observation] = single.step([""])
+      start = time.perf_counter()
+      single.step([response])
+      if _over_budget(time.perf_counter() - start, min(len(response), kept), base=0.5):
+        slow.append((response[:40], len(response), phase))
+      _check_env_invariants(single)
+  assert slow == []
+
+
+def _check_env_invariants(env: env_lib.MemoryEnv) -> None:
+  config = env.config
+  for result, done in zip(env.results(), env.done):
+    stats, memories = result.stats, result.memories
+    assert len(memories) == stats.creates - stats.deletes == stats.store_sizes[-1]
+    assert len(memories) <= config.max_store_entries
+    assert len({m.id for m in memories}) == len(memories) and all(m.text for m in memories)
+    assert stats.steps == len(result.trajectory) <= config.step_limit
+    assert max(stats.prompt_tokens) <= config.max_prompt_tokens
+    assert len(result.answers) == 2 and 0.0 <= result.reward <= 1.0
+    assert done or stats.steps < config.step_limit

@@ -435,7 +435,7 @@ class MemoryEnv:
           episode.query, episode.query_vector = action.text, next(query_vectors)
           episode.queries_used += 1
           applied["read"] += 1
-        else:
+        elif not episode.done:
           episode.recorder.questions_skipped += 1
           self._next_question(episode, None)
       elif kind is ActionKind.CREATE:
