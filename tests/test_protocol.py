@@ -240,8 +240,8 @@ def test_thinking_is_on_and_sft_targets_keep_the_think_text():
 
 def test_opening_tags_take_attributes_and_long_contents_are_kept():
   """LOOP 552 (_extract_paired_tags: <(\\w+)[^>]*>(.*?)</\\1>, case-insensitive): an opening
-  tag may carry attributes; 494-496 and 1st line of _write_memory_to_vectorstore: the
-  content is stored whole, however long."""
+  tag may carry attributes; 494-496 (_handle_add writes the content to the store as it
+  is): the content is stored whole, however long."""
   long_fact = " ".join(f"fact {i} of a long note." for i in range(1000))  # 24k characters
   env = _env()
   env.reset([_context()])
@@ -346,7 +346,7 @@ def test_prompt_budget_holds_16k_and_cuts_the_oldest_memories_first(tmp_path):
 def test_defects_of_the_reference_are_not_copied():
   """docs/protocol.md, kept deviations: LOOP 290 (one FAISS index for the whole batch;
   modify_document, after 552, deletes the first entry with the same text in any
-  trajectory); 509-512 ("Memory 0" gives doc_idx -1, the last entry); REWARD (every answer
+  trajectory); 509-513 ("Memory 0" gives doc_idx -1, the last entry); REWARD (every answer
   is scored against the golds of all questions, rewards above 1); 491 with 506-507 (a
   malformed modify raises on the missing metrics key and the rest of the response is lost)."""
   env = _env(chunk_tokens=4000)
