@@ -15,10 +15,13 @@ could not be parsed), data, rollout, sft, grpo, eval, checkpoint, export.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 
 import ml_collections
+
+from atommem_jax.memory import embed as embed_lib
 
 # The checkout's configs/ directory: where `load_config_file` finds config names.
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -157,6 +160,15 @@ def _fail(field: str, value, expected: str):
   raise ConfigError(f"config field {field}={value!r}: {expected}")
 
 
+def _non_finite_fields(c: ml_collections.ConfigDict, prefix: str = ""):
+  """(field, value) of every NaN or infinite number in `c`, nested sections included."""
+  for name, value in c.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _non_finite_fields(value, f"{prefix}{name}.")
+    elif isinstance(value, float) and not math.isfinite(value):
+      yield prefix + name, value
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every field that the code cannot check cheaply later; raises ConfigError."""
   from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
@@ -174,6 +186,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "architecture comes from its config.json)")
   if not c.model.hf_dir:
     model_config(c)  # model.overrides name real fields with valid values
+  for field, value in _non_finite_fields(c):
+    _fail(field, value, "a finite number")
+  try:
+    embed_lib.parse_spec(c.embedder)
+  except ValueError as e:
+    _fail("embedder", c.embedder, str(e))
   sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
   if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
     _fail("mesh", dict(c.mesh), "positive sizes, at most one of them -1")
@@ -181,8 +199,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("mesh.cpu_devices", c.mesh.cpu_devices, ">= 0 (0: JAX's default of one CPU device)")
   if c.data.kind not in ("synthetic", "multihop"):
     _fail("data.kind", c.data.kind, "'synthetic' or 'multihop'")
-  buckets = tuple(c.rollout.prompt_buckets)
-  if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
+  buckets = c.rollout.prompt_buckets
+  if (not isinstance(buckets, (tuple, list)) or not buckets
+      or any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in buckets)
+      or list(buckets) != sorted(set(buckets))):
     _fail("rollout.prompt_buckets", buckets, "a non-empty increasing sequence of positive lengths")
   if c.rollout.max_new_tokens <= 0:
     _fail("rollout.max_new_tokens", c.rollout.max_new_tokens, "> 0")

@@ -480,3 +480,25 @@ def test_loss_chunk_and_old_logprobs_are_validated_with_the_field_named(field, v
   c[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=field):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.embedder=bogus", "config field embedder='bogus': unknown embedder spec"),
+    ("--config.embedder=hashing:0", "DIM in 'hashing:DIM' must be a positive integer"),
+    ("--config.rollout.prompt_buckets=abc", "config field rollout.prompt_buckets=('abc',)"),
+    ("--config.sft.lr=nan", "config field sft.lr=nan: a finite number"),
+    ("--config.grpo.lr=inf", "config field grpo.lr=inf: a finite number"),
+    ("--config.sft.lr=-0.001", "config field sft.lr=-0.001: > 0"),
+    ("--config.grpo.kl_coef=nan", "config field grpo.kl_coef=nan: a finite number"),
+])
+def test_bad_values_from_the_command_line_end_in_one_error_line(tmp_path, flag, message):
+  """The train CLI refuses them before any work, naming the field, without a traceback."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join((REPO, os.environ.get("PYTHONPATH", ""))))
+  result = subprocess.run([sys.executable, "-m", "atommem_jax.train", "--config",
+                           os.path.join(CONFIG_DIR, "tiny.py"), "--workdir",
+                           str(tmp_path / "run"), flag], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+  assert not (tmp_path / "run").exists()

@@ -180,18 +180,25 @@ class HashingEmbedder:
     return self.embed_documents(texts)
 
 
+def parse_spec(spec: str) -> tuple[str, str]:
+  """(name, argument) of an embedder spec, checked without loading anything; ValueError."""
+  name, _, argument = str(spec).partition(":")
+  if name == "hashing" and argument and (not argument.isdigit() or int(argument) < 1):
+    raise ValueError(f"embedder spec {spec!r}: DIM in 'hashing:DIM' must be a "
+                     "positive integer, e.g. 'hashing:512'.")
+  if (name, bool(argument)) not in (("minilm", False), ("hashing", True), ("st", True),
+                                    ("qwen3-embedding", True)):
+    raise ValueError(f"unknown embedder spec {spec!r}; use {_SPEC_FORMS}.")
+  return name, argument
+
+
 def make_embedder(spec: str) -> Embedder:
   """Embedder from a spec: 'minilm', 'hashing:DIM', 'st:PATH', 'qwen3-embedding:PATH'."""
-  name, _, argument = spec.partition(":")
-  if name == "minilm" and not argument:
+  name, argument = parse_spec(spec)
+  if name == "minilm":
     return minilm_embedder()
-  if name == "hashing" and argument:
-    if not argument.isdigit() or int(argument) < 1:
-      raise ValueError(f"embedder spec {spec!r}: DIM in 'hashing:DIM' must be a "
-                       "positive integer, e.g. 'hashing:512'.")
+  if name == "hashing":
     return HashingEmbedder(int(argument))
-  if name == "st" and argument:
+  if name == "st":
     return SentenceTransformerEmbedder(argument)
-  if name == "qwen3-embedding" and argument:
-    return qwen3_embedding_embedder(argument)
-  raise ValueError(f"unknown embedder spec {spec!r}; use {_SPEC_FORMS}.")
+  return qwen3_embedding_embedder(argument)
