@@ -18,7 +18,10 @@ official builder repeats it); the middle cut drops whole documents, so every kep
 intact and the gold indices stay exact (the official one cuts tokens mid-document); each
 context draws from its own generator seeded by (seed, its question ids), so a context does not
 depend on which other contexts are built or in which order (the official builder draws from
-one global generator across worker threads).
+one global generator across worker threads). Left as our readers have it: 2Wiki sentences are
+joined with a space (the official builder reads 2Wiki with its HotpotQA reader, which glues
+them together), and a MuSiQue question's gold answers include its `answer_aliases` (the
+official builder keeps `answer` only, so its EM counts an alias as wrong).
 """
 
 from __future__ import annotations
