@@ -171,9 +171,9 @@ def _check_flags() -> None:
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
   teacher = _TEACHER.value or ""
-  if teacher not in SCRIPTED and not (teacher.startswith(HF_PREFIX) and teacher[3:]):
+  if teacher not in SCRIPTED and not (teacher.startswith(HF_PREFIX) and teacher[len(HF_PREFIX):]):
     raise app.UsageError(f"--teacher {teacher!r}: give oracle, memagent or hf:DIR")
-  if teacher.startswith(HF_PREFIX) and not fileio.isdir(teacher[3:]):
+  if teacher.startswith(HF_PREFIX) and not fileio.isdir(teacher[len(HF_PREFIX):]):
     raise app.UsageError(f"--teacher {teacher}: no such directory")
   if not _OUT.value:
     raise app.UsageError("--out is required: the chat-message JSON lines to write")
