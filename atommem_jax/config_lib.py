@@ -70,6 +70,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(1)
 
 
+def _interval(steps: int) -> ml_collections.FieldReference:
+  """A stage's checkpoint or evaluation interval: an int, or None for the section's."""
+  return ml_collections.FieldReference(steps, field_type=int)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """All fields with the paper's hyperparameters (Qwen3-8B policy)."""
   c = ml_collections.ConfigDict()
@@ -115,17 +120,27 @@ def base_config() -> ml_collections.ConfigDict:
           train_contexts=0, eval_contexts=0, num_entities=8, num_cities=5, num_docs=16, hops=2,
           num_updates=2, doc_length=5, questions_per_context=1))))
 
+  # top_p 0.99 at temperature 1: the official GRPO rollouts (evaluation is greedy).
   c.rollout = ml_collections.ConfigDict(dict(
-      prompt_buckets=(2048, 4096, 8192, 12288), max_new_tokens=4096, temperature=1.0, top_p=1.0,
-      top_k=0))
+      prompt_buckets=(2048, 4096, 8192, 12288), max_new_tokens=4096, temperature=1.0,
+      top_p=0.99, top_k=0))
 
+  # A stage's `steps`: -1 derives them from its epochs over its data (setup.stage_steps), 0
+  # skips the stage, N > 0 runs N. A stage checkpoints / evaluates every
+  # {checkpoint,eval}_every_steps, or where that is None every checkpoint.every_steps /
+  # eval.every_steps. SFT as the official script (AtomMem/SFT/train_script/run.sh: TRL's
+  # SFTConfig under DeepSpeed ZeRO-3 on 8 GPUs): 3 epochs, 2 x 8 = 16 sequences a step of up
+  # to 18432 tokens (its --max_seq_length reads 18384), TRL's lr 2e-5 decaying linearly to 0
+  # (DeepSpeed's WarmupDecayLR), no warm-up, no weight decay, clipping at 1.0, completion-only
+  # loss, a checkpoint every 1000 steps (save_steps), no evaluation during SFT.
   c.sft = ml_collections.ConfigDict(dict(
-      steps=0, epochs=1, batch_size=32, max_len=12288, lr=1e-5, warmup_steps=20,
-      schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
+      steps=-1, epochs=3, batch_size=16, max_len=18432, lr=2e-5, warmup_steps=0,
+      schedule="linear", min_lr_ratio=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
       grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0,
       # Positions per lm-head call in the loss (model/logprobs.py): a row's fp32 logits are
       # never whole in memory; 0 projects the whole row at once.
       loss_chunk=1024,
+      checkpoint_every_steps=_interval(1000), eval_every_steps=_interval(0),
       # Repeat-the-text examples mixed in, per training context (0: none), of copy_span_tokens.
       copy_examples_per_context=0, copy_span_tokens=96, copy_sentence_per_line=False,
       # How the oracle writes its answers: "\\boxed{ text}" (see actions.render_actions), and
@@ -135,8 +150,12 @@ def base_config() -> ml_collections.ConfigDict:
       oversample=ml_collections.ConfigDict(dict(
           scratchpad=1, read=1, create=1, update=1, delete=1, answer=1))))
 
+  # GRPO as the official run (AtomMem/script/train/run_memory_longcontext.sh, verl): 8
+  # contexts x 8 rollouts a step (train_batch_size, rollout.n), 5 passes over the RL data
+  # (total_epochs; `epochs` is PPO's passes over each step's rollouts), a checkpoint every 10
+  # steps (save_freq) and an evaluation every 20 (test_freq).
   c.grpo = ml_collections.ConfigDict(dict(
-      steps=0, questions_per_batch=16, group_size=8, lr=1e-6, warmup_steps=20,
+      steps=-1, data_epochs=5, questions_per_batch=8, group_size=8, lr=1e-6, warmup_steps=20,
       schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
       grad_clip=1.0, grad_accum=1, clip_low=0.2, clip_high=0.28, kl_coef=0.001,
       kl_estimator="k3", aggregation="token-mean", normalize_std=False, entropy_coef=0.0,
@@ -144,7 +163,8 @@ def base_config() -> ml_collections.ConfigDict:
       # "recompute" them with the training forward before the update (verl; the first ratio
       # is exactly 1), or keep the "sampler"'s.
       loss_chunk=1024, old_logprobs="recompute",
-      num_minibatches=1, epochs=1))
+      num_minibatches=1, epochs=1, checkpoint_every_steps=_interval(10),
+      eval_every_steps=_interval(20)))
 
   c.eval = ml_collections.ConfigDict(dict(every_steps=0, num_contexts=0, batch_size=16))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, max_to_keep=3, async_save=True))
@@ -210,10 +230,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("rollout.temperature", c.rollout.temperature, "> 0")
   if not 0 < c.rollout.top_p <= 1:
     _fail("rollout.top_p", c.rollout.top_p, "in (0, 1]")
-  for section in ("sft", "grpo"):
-    for field in ("steps", "grad_accum", "warmup_steps"):
+  for section, epochs in (("sft", "epochs"), ("grpo", "data_epochs")):
+    for field in ("grad_accum", "warmup_steps"):
       if c[section][field] < 0 or (field == "grad_accum" and c[section][field] < 1):
         _fail(f"{section}.{field}", c[section][field], "a non-negative integer (grad_accum >= 1)")
+    if c[section].steps < -1:
+      _fail(f"{section}.steps", c[section].steps,
+            f"-1 (from {section}.{epochs} over the data), 0 (skip the stage) or a step count")
+    if c[section].steps == -1 and c[section][epochs] < 1:
+      _fail(f"{section}.{epochs}", c[section][epochs], f">= 1 (passes over the data; or set "
+            f"{section}.steps)")
+    for kind, least in (("checkpoint", 1), ("eval", 0)):
+      every = c[section].get(f"{kind}_every_steps")
+      if every is not None and every < least:
+        _fail(f"{section}.{kind}_every_steps", every,
+              f">= {least}, or None for {kind}.every_steps")
     if c[section].lr <= 0:
       _fail(f"{section}.lr", c[section].lr, "> 0")
     if c[section].schedule not in state_lib.SCHEDULES:
@@ -227,6 +258,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c[section].loss_chunk < 0:
       _fail(f"{section}.loss_chunk", c[section].loss_chunk,
             ">= 0 positions per lm-head call (0: the whole row at once)")
+  if c.checkpoint.every_steps < 1:
+    _fail("checkpoint.every_steps", c.checkpoint.every_steps, ">= 1")
   if c.sft.copy_examples_per_context < 0:
     _fail("sft.copy_examples_per_context", c.sft.copy_examples_per_context,
           "a whole number >= 0 (0: no repeat-the-text examples)")

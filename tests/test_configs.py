@@ -408,7 +408,7 @@ def test_stage_schedule_fields_reach_the_optimizer_and_bad_ones_name_the_field()
   constant = state_lib.learning_rate_schedule(stages.optimizer_config(c.grpo))
   assert float(constant(10_000)) == pytest.approx(c.grpo.lr)
 
-  for field, value, message in (("schedule", "linear", "sft.schedule"),
+  for field, value, message in (("schedule", "exponential", "sft.schedule"),
                                 ("min_lr_ratio", 1.5, "sft.min_lr_ratio")):
     bad = copy.deepcopy(c)
     bad.sft[field] = value
@@ -428,7 +428,7 @@ def test_adam_betas_reach_the_optimizer_and_bad_ones_name_the_field():
   from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   c.sft.update(steps=10, lr=0.1, warmup_steps=0, weight_decay=0.0, grad_clip=0.0, b1=0.5,
-               b2=0.9)
+               b2=0.9, schedule="constant")
   optimizer = state_lib.make_optimizer(stages.optimizer_config(c.sft))
   params = jnp.zeros(())
   opt_state = optimizer.init(params)

@@ -25,7 +25,6 @@ import ml_collections
 
 from atommem_jax import fileio
 from atommem_jax.model import hf
-from atommem_jax.model import qwen3
 from atommem_jax.train import distributed
 from atommem_jax.train import setup
 from atommem_jax.train import sft_data
@@ -98,24 +97,41 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       _store_evaluation(workdir, evaluations, name, {**evaluate(params, name, step),
                                                      "step": step})
 
-  sft_steps, grpo_steps = config.sft.steps, config.grpo.steps
+  examples = []  # built once: to count them (sft.steps=-1) or to train on them
+
+  def count_examples() -> int:
+    examples[:] = stages.sft_examples(job, train_contexts)
+    return len(examples)
+
+  sft_steps = setup.stage_steps(job, stages.SFT, count_examples)
+  grpo_steps = setup.stage_steps(job, stages.GRPO, lambda: len(train_contexts))
+  job = setup.with_steps(job, sft=sft_steps, grpo=grpo_steps)
   init_key = jax.random.key(config.seed)
   sft_done = stages.stage_progress(job, stages.SFT)
   grpo_done = stages.stage_progress(job, stages.GRPO)
-  if evaluate_init and "init" not in evaluations and sft_done == 0 and grpo_done == 0:
-    evaluate_once("init", qwen3.init_params(job.model_config, init_key, job.mesh), 0)
+  fresh = sft_done == 0 and grpo_done == 0
+  evaluate_start = evaluate_init and "init" not in evaluations and fresh
+  # The policy before training (model.hf_dir's weights, else a random init), read only where
+  # it is evaluated or a stage starts from it: a stage resuming from its checkpoint never
+  # reads it. SFT from random init keeps its own key (`state.create_train_state`).
+  hf_start = bool(config.model.hf_dir)
+  initial = (setup.initial_params(job, init_key)
+             if evaluate_start or not sft_steps or (hf_start and fresh) else None)
+  if evaluate_start:
+    evaluate_once("init", initial, 0)
 
   params = None
   if sft_steps and grpo_done == 0:
     sft_trains = sft_done < sft_steps
     if sft_trains:  # the cached SFT row, and GRPO's after it, are of another policy
       _forget_evaluations(workdir, evaluations, ("sft", "grpo"))
-    examples = stages.sft_examples(job, train_contexts) if sft_trains else []
-    params = stages.run_sft(job, init_key, examples, 0, evaluate)
+    if sft_trains and not examples:
+      examples[:] = stages.sft_examples(job, train_contexts)
+    params = stages.run_sft(job, initial if hf_start else init_key, examples, 0, evaluate)
   elif sft_steps:
     params = stages.restore_params(job, stages.SFT)
   if params is None:
-    params = qwen3.init_params(job.model_config, init_key, job.mesh)
+    params = initial
   if sft_steps:
     evaluate_once("sft", params, sft_steps)
 
@@ -131,7 +147,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   hf.save_hf(job.model_config, params, hf_dir, tokenizer_dir=job.tokenizer_dir)
   job.writer.close()
   seconds = time.perf_counter() - started
-  rows = [(label, evaluations[name]) for name, label in ROWS if name in evaluations]
+  labels = {**dict(ROWS), **({"init": "model.hf_dir"} if hf_start else {})}
+  rows = [(labels[name], evaluations[name]) for name, _ in ROWS if name in evaluations]
   if rows:
     job.log("\n" + format_table(rows))
   job.log(f"exported the final policy to {hf_dir}; total {seconds:.0f}s")

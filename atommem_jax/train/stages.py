@@ -30,6 +30,7 @@ from atommem_jax.train import checkpoint as checkpoint_lib
 from atommem_jax.train import distributed
 from atommem_jax.train import losses
 from atommem_jax.train import metrics as metrics_lib
+from atommem_jax.train import setup
 from atommem_jax.train import sft_data
 from atommem_jax.train import state as state_lib
 from atommem_jax.train import steps as steps_lib
@@ -70,10 +71,11 @@ def stage_key(seed: int, stage: str, step: int) -> jax.Array:
 
 
 def optimizer_config(section) -> state_lib.OptimizerConfig:
-  """The sft or grpo section's optimizer; a cosine schedule decays over the stage's steps.
+  """The sft or grpo section's optimizer; a cosine or linear schedule decays over the stage's
+  steps (`section.steps`, concrete by then: `setup.with_steps`).
 
   A stage of no more steps than its warm-up ends before any decay (a smoke run), so its
-  cosine is given one step past the warm-up to decay over, which it never reaches.
+  decay is given one step past the warm-up, which it never reaches.
   """
   return state_lib.OptimizerConfig(learning_rate=section.lr, warmup_steps=section.warmup_steps,
                                    schedule=section.schedule,
@@ -117,7 +119,8 @@ def _start_state(job: Job, stage: str, optimizer, init: Params | jax.Array,
     job.log(f"{stage}: resuming after step {meta['stage_step']} from {manager.directory}")
     return state, int(meta["stage_step"])
   rng = None if isinstance(init, jax.Array) else stage_key(job.config.seed, stage, _STATE_KEY_STEP)
-  return state_lib.create_train_state(job.model_config, init, optimizer, job.mesh, rng=rng), 0
+  return state_lib.create_train_state(job.model_config, init, optimizer, job.mesh, rng=rng,
+                                      donate_params=True), 0
 
 
 def _save(job: Job, manager: checkpoint_lib.Checkpointer, state, stage: str, step: int,
@@ -184,7 +187,7 @@ def _maybe_evaluate(job: Job, evaluate: Evaluator, params: Params, stage: str, s
                     total: int, offset: int) -> None:
   """The periodic evaluation after `step` of `stage`: named by the stage's step, logged at the
   run's step (offset + step, the x axis of the stage's training metrics)."""
-  every = job.config.eval.every_steps
+  every = setup.every_steps(job.config, stage, "eval")
   if every and step % every == 0 and step < total:
     evaluate(params, f"{stage}_step{step}", offset + step)
 
@@ -208,7 +211,7 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
       timing = timer.stop(float(np.sum(batch.segment_ids > 0)), metrics)
       job.writer.write(offset + step + 1, {**metrics, **timing}, prefix="sft/")
       _stop_if_skipped(job, manager, metrics, SFT, step + 1)
-      if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == c.steps:
+      if (step + 1) % setup.every_steps(job.config, SFT, "checkpoint") == 0 or step + 1 == c.steps:
         _save(job, manager, state, SFT, step + 1, force=step + 1 == c.steps)
       _maybe_evaluate(job, evaluate, state.params, SFT, step + 1, c.steps, offset)
   return state.params
@@ -307,7 +310,7 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
       job.writer.write(offset + step + 1, {**update, **_rollout_metrics(rollout), **timing},
                        prefix="grpo/")
       _stop_if_skipped(job, manager, update, GRPO, step + 1)
-      if (step + 1) % job.config.checkpoint.every_steps == 0 or step + 1 == g.steps:
+      if (step + 1) % setup.every_steps(job.config, GRPO, "checkpoint") == 0 or step + 1 == g.steps:
         _save(job, manager, state, GRPO, step + 1, force=step + 1 == g.steps)
       _maybe_evaluate(job, evaluate, state.params, GRPO, step + 1, g.steps, offset)
   return state.params

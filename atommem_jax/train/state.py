@@ -21,7 +21,7 @@ from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
 
 Params = dict[str, Any]
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 @jax.tree_util.register_dataclass
@@ -37,7 +37,8 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """AdamW with linear warm-up, then constant or cosine; defaults follow AtomMem / verl.
+  """AdamW with linear warm-up, then constant, cosine or linear decay; defaults follow
+  AtomMem / verl.
 
   verl's actor optimizer: AdamW(betas 0.9/0.999, weight decay 0.01 on every parameter),
   gradient clipping at global norm 1.0, warm-up from 0 then constant. AtomMem sets lr 1e-6
@@ -47,8 +48,8 @@ class OptimizerConfig:
   learning_rate: float = 1e-6
   warmup_steps: int = 20
   schedule: str = "constant"
-  total_steps: int | None = None  # required by the cosine schedule
-  min_lr_ratio: float = 0.0  # cosine floor, as a fraction of learning_rate
+  total_steps: int | None = None  # required by the decaying schedules
+  min_lr_ratio: float = 0.0  # where a decay ends, as a fraction of learning_rate
   weight_decay: float = 0.01
   b1: float = 0.9
   b2: float = 0.999
@@ -58,20 +59,25 @@ class OptimizerConfig:
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
       raise ValueError(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
-    if self.schedule == "cosine" and (self.total_steps is None
-                                      or self.total_steps <= self.warmup_steps):
-      raise ValueError(f"schedule='cosine' needs total_steps > warmup_steps "
+    if self.schedule != "constant" and (self.total_steps is None
+                                        or self.total_steps <= self.warmup_steps):
+      raise ValueError(f"schedule={self.schedule!r} needs total_steps > warmup_steps "
                        f"(got total_steps={self.total_steps}, warmup_steps={self.warmup_steps})")
     if self.warmup_steps < 0:
       raise ValueError(f"warmup_steps={self.warmup_steps}; must be >= 0")
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
-  """Step -> learning rate: 0 -> peak linearly over warmup_steps, then constant or cosine."""
+  """Step -> learning rate: 0 -> peak linearly over warmup_steps, then constant, or a cosine
+  or linear decay to min_lr_ratio x peak at total_steps (linear: TRL / DeepSpeed's
+  WarmupDecayLR, the official SFT's)."""
   peak = config.learning_rate
   if config.schedule == "cosine":
     after = optax.cosine_decay_schedule(peak, config.total_steps - config.warmup_steps,
                                         alpha=config.min_lr_ratio)
+  elif config.schedule == "linear":
+    after = optax.linear_schedule(peak, peak * config.min_lr_ratio,
+                                  config.total_steps - config.warmup_steps)
   else:
     after = optax.constant_schedule(peak)
   if config.warmup_steps == 0:
@@ -147,12 +153,14 @@ def _is_key(x: Any) -> bool:
 def create_train_state(config: Qwen3Config, params_or_rng: Params | jax.Array,
                        optimizer: optax.GradientTransformation, mesh: Mesh | None = None,
                        rules: sharding.Rules | None = None, *,
-                       rng: jax.Array | None = None) -> TrainState:
+                       rng: jax.Array | None = None, donate_params: bool = False) -> TrainState:
   """A fresh state laid out on `mesh` (default: one device).
 
   `params_or_rng`: a PRNG key (random init, created sharded) or a params tree (copied into
-  the sharded layout, the caller's arrays stay valid). The state's own RNG is split from the
-  init key, or from `rng` (default key 0) when params are given.
+  the sharded layout, the caller's arrays stay valid unless `donate_params`: then the state
+  takes over their memory, and they are deleted, so that a model is never held twice). The
+  state's own RNG is split from the init key, or from `rng` (default key 0) when params are
+  given.
   """
   mesh = mesh or single_device_mesh()
   shardings = state_shardings(config, optimizer, mesh, rules)
@@ -167,7 +175,8 @@ def create_train_state(config: Qwen3Config, params_or_rng: Params | jax.Array,
   params = jax.device_put(params_or_rng, shardings.params)
   key = jax.random.key(0) if rng is None else rng
   build = jax.jit(lambda params, key: _new_state(config, optimizer, key, params),
-                  in_shardings=(shardings.params, shardings.rng), out_shardings=shardings)
+                  in_shardings=(shardings.params, shardings.rng), out_shardings=shardings,
+                  donate_argnums=(0,) if donate_params else ())
   return build(params, key)
 
 
