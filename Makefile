@@ -8,6 +8,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+# make bench: quick runs of every benchmark; BENCH_ARGS=--full (their defaults), --check, --only NAMES
+BENCH_ARGS ?=
 
 .PHONY: install test test-slow test-all demo bench clean
 
@@ -34,7 +36,7 @@ demo: $(STAMP)
 	$(PY) -m atommem_jax.demo
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
