@@ -167,13 +167,18 @@ def load_contexts(config, paths: Iterable[str] | None, limit: int | None
   return contexts[:limit] if limit else contexts
 
 
+def _hf_dir(teacher: str) -> str | None:
+  return teacher[len(HF_PREFIX):] or None if teacher.startswith(HF_PREFIX) else None
+
+
 def _check_flags() -> None:
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
   teacher = _TEACHER.value or ""
-  if teacher not in SCRIPTED and not (teacher.startswith(HF_PREFIX) and teacher[len(HF_PREFIX):]):
+  hf_dir = _hf_dir(teacher)
+  if teacher not in SCRIPTED and not hf_dir:
     raise app.UsageError(f"--teacher {teacher!r}: give oracle, memagent or hf:DIR")
-  if teacher.startswith(HF_PREFIX) and not fileio.isdir(teacher[len(HF_PREFIX):]):
+  if hf_dir and not fileio.isdir(hf_dir):
     raise app.UsageError(f"--teacher {teacher}: no such directory")
   if not _OUT.value:
     raise app.UsageError("--out is required: the chat-message JSON lines to write")
@@ -192,7 +197,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(str(e)) from e
   config_lib.request_cpu_devices(config)
   teacher = _TEACHER.value
-  hf_dir = teacher[len(HF_PREFIX):] if teacher.startswith(HF_PREFIX) else None
+  hf_dir = _hf_dir(teacher)
   try:
     tokenizer = resolve_tokenizer(config.tokenizer, hf_dir)
     contexts = load_contexts(config, _DATA.value, _LIMIT.value)

@@ -71,7 +71,8 @@ def test_oracle_trajectories_round_trip_through_sft_file(tmp_path):
   reference = _reference_results(config)
   kept = [r for r in reference if r.reward >= 0.5]
   assert 0 < len(kept) and counts.kept == len(kept) and counts.contexts == len(_contexts())
-  assert len(progress) == -(-len(_contexts()) // 3) and progress[-1].startswith(f"collect: {len(_contexts())}/")
+  assert len(progress) == -(-len(_contexts()) // 3)  # one line per batch of 3
+  assert progress[-1].startswith(f"collect: {len(_contexts())}/{len(_contexts())} contexts")
   turns = [turn for result in kept for turn in result.trajectory]
   assert counts.rows == len(turns)
   # Read back by data.sft_file: the same prompt and response tokens as the episodes had.
