@@ -311,8 +311,13 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
     if not fileio.isfile(path):
       _fail("model.hf_dir", c.model.hf_dir, f"a Hugging Face directory with config.json ({path} "
             "is missing)")
-    return model_config_lib.Qwen3Config.from_hf_dict(json.loads(fileio.read_text(path)),
-                                                     source=path, **execution)
+    try:
+      hf_config = json.loads(fileio.read_text(path))
+      if not isinstance(hf_config, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+      return model_config_lib.Qwen3Config.from_hf_dict(hf_config, source=path, **execution)
+    except ValueError as e:  # json.JSONDecodeError too
+      _fail("model.hf_dir", c.model.hf_dir, f"{e}" if str(e).startswith(path) else f"{path}: {e}")
   overrides = model_overrides(c)
   try:
     return model_config_lib.preset(c.model.preset, **execution).replace(**overrides)

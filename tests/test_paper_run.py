@@ -315,3 +315,19 @@ def test_step_fields_are_validated_with_the_field_named(field, value):
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
     config_lib.validate(config)
+
+
+def test_a_bad_config_json_in_hf_dir_is_a_config_error_naming_file_and_field(checkpoint,
+                                                                              tmp_path):
+  src = shutil.copytree(checkpoint[1], tmp_path / "bad")
+  with open(src / "config.json") as f:
+    data = json.load(f)
+  data["tie_word_embeddings"] = "false"
+  with open(src / "config.json", "w") as f:
+    json.dump(data, f)
+  with pytest.raises(config_lib.ConfigError, match=r"model\.hf_dir=.*config\.json: field "
+                     r"tie_word_embeddings='false'"):
+    config_lib.model_config(_config(str(src)))
+  (src / "config.json").write_text("{not json")
+  with pytest.raises(config_lib.ConfigError, match=r"config\.json: .*line 1"):
+    config_lib.model_config(_config(str(src)))
