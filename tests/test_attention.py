@@ -136,7 +136,7 @@ def test_blockwise_backward_holds_no_full_score_matrix():
 
 @pytest.mark.parametrize("case", ["left_padded", "packed"])
 def test_splash_kernel_in_interpret_mode_matches_dense(case):
-  length = 200  # padded to the 128-multiple blocks inside
+  length = 120  # padded to a 128-token block inside
   mask = CASES[case](length)
   q, k, v = _qkv(3, length, length, 4, 2, head_dim=32)
   _assert_matches_dense(
@@ -207,10 +207,17 @@ def test_dispatch():
   q6, k24, v24 = _qkv(2, 6, 24, 4, 2)
   splash_cached = _primitives(lambda *x: attention.attention(*x, cached, "splash"), q6, k24, v24)
   assert "pallas_call" not in splash_cached and "scan" in splash_cached
-  # decode: one query is dense whatever the choice.
+  # decode: a fused kernel's choice falls back to dense, blockwise stays blockwise.
   one = AttentionMask(jnp.asarray([9]), jnp.ones((2, 24), bool))
-  assert "scan" not in _primitives(lambda *x: attention.attention(*x, one, "blockwise"),
-                                   q6[:, :1], k24, v24)
+  decode = lambda impl: _primitives(lambda *x: attention.attention(*x, one, impl),
+                                    q6[:, :1], k24, v24)
+  assert not {"scan", "pallas_call"} & decode("splash")
+  assert "scan" in decode("blockwise")
+  # auto lowers only this platform's branch: blockwise (a loop) on CPU, for decode too.
+  lowered = lambda impl, *x: jax.jit(lambda *x: attention.attention(*x, impl)).lower(*x).as_text()
+  assert "stablehlo.while" in lowered("auto", q6[:, :1], k24, v24, one)
+  assert "stablehlo.while" in lowered("auto", q, k, v, mask)
+  assert "stablehlo.while" not in lowered("dense", q6[:, :1], k24, v24, one)
   with pytest.raises(ValueError, match="needs a CUDA GPU"):
     attention.attention(q, k, v, mask, "cudnn")
   with pytest.raises(ValueError, match="expected one of"):

@@ -12,8 +12,9 @@ builds only the mask blocks it needs from it:
 - splash: the Pallas TPU splash-attention kernel with segment ids.
 `attention` dispatches on the config's choice; "auto" picks per lowering platform with
 `lax.platform_dependent`, so ahead-of-time compilation for TPU from a CPU host picks splash.
-A single query (T == 1, decode over the cache) always takes the dense path: its scores are
-[B, N, 1, S], and it is the fastest there (bench/bench_attention.py).
+A single query (T == 1, decode over the cache) never needs a fused kernel: its scores are
+[B, N, 1, S]. On CPU blockwise is faster than dense there too (bench/bench_attention.py);
+elsewhere the fallback for one query is dense.
 
 Letters: B batch, T query length, S key length, N query heads, K kv heads, G = N // K,
 H head dim.
@@ -363,31 +364,36 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
               shard: sharding.ActivationSharding = sharding.ActivationSharding()) -> jax.Array:
   """q [B, T, N, H], k/v [B, S, K, H] -> [B, T, N, H] by the chosen implementation.
 
-  "auto": blockwise on CPU; splash on TPU for self-attention (blockwise with a cache);
-  cuDNN on GPU where `cudnn_supported` (else blockwise). A fused kernel that cannot express
-  a call falls back to blockwise. T == 1 (decode) is dense for every choice.
+  "dense" and "blockwise" are used as named. A fused kernel ("cudnn", "splash") runs where
+  it can express the call; elsewhere, and for a single query (decode), the fallback is
+  blockwise for T > 1 and dense for T == 1. "auto": blockwise on CPU (decode included: it is
+  faster there than dense, bench/bench_attention.py), splash on TPU, cuDNN on GPU.
   """
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r}; expected one of "
                      f"{ATTENTION_IMPLEMENTATIONS}")
-  if implementation == "dense" or q.shape[1] == 1:
-    return dense_attention(q, k, v, mask)
   blockwise = functools.partial(blockwise_attention, block_q=block_q, block_k=block_k)
-  cudnn = functools.partial(cudnn_attention, block_q=block_q, block_k=block_k)
-  splash_or_blockwise = (functools.partial(splash_attention, block_q=block_q, block_k=block_k,
-                                           shard=shard)
-                         if mask.self_attention else blockwise)
-  cudnn_or_blockwise = cudnn if cudnn_supported(q, mask) else blockwise
+  if implementation == "dense":
+    return dense_attention(q, k, v, mask)
   if implementation == "blockwise":
     return blockwise(q, k, v, mask)
+  decode = q.shape[1] == 1
+  fallback = dense_attention if decode else blockwise
+  splash_or_fallback = fallback
+  if mask.self_attention and not decode:
+    splash_or_fallback = functools.partial(splash_attention, block_q=block_q, block_k=block_k,
+                                           shard=shard)
+  cudnn_or_fallback = fallback
+  if cudnn_supported(q, mask) and not decode:
+    cudnn_or_fallback = functools.partial(cudnn_attention, block_q=block_q, block_k=block_k)
   if implementation == "splash":
-    return splash_or_blockwise(q, k, v, mask)
+    return splash_or_fallback(q, k, v, mask)
   if implementation == "cudnn":
     if not _gpu_available():
       raise ValueError("attention='cudnn' needs a CUDA GPU (jax.devices('gpu') is empty); "
                        "set the model config's attention to 'auto' or 'blockwise'")
-    return cudnn_or_blockwise(q, k, v, mask)
-  per_platform = dict(tpu=splash_or_blockwise)
+    return cudnn_or_fallback(q, k, v, mask)
+  per_platform = dict(cpu=blockwise, tpu=splash_or_fallback)
   if _gpu_available():  # the cuDNN call cannot even be traced without a GPU backend
-    per_platform["cuda"] = cudnn_or_blockwise
-  return jax.lax.platform_dependent(q, k, v, mask, default=blockwise, **per_platform)
+    per_platform["cuda"] = cudnn_or_fallback
+  return jax.lax.platform_dependent(q, k, v, mask, default=fallback, **per_platform)
