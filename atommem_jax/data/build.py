@@ -98,27 +98,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
       contexts = multihop.iter_long_contexts(selected, args.num_docs, args.seed,
                                              args.questions_per_context, pool=samples)
-    contexts = list(tqdm.tqdm(contexts, desc="building contexts", unit="ctx",
-                              file=sys.stderr, disable=len(selected) < 100))
-    multihop.save_long_contexts(contexts, args.out)
+    summary = _Summary()
+    multihop.save_long_contexts(
+        (summary.add(c) for c in tqdm.tqdm(contexts, desc="building contexts", unit="ctx",
+                                           file=sys.stderr, disable=len(selected) < 100)),
+        args.out)
   except (multihop.DataError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  _print_summary(contexts, args.out)
+  summary.print(args.out)
   return 0
 
 
-def _print_summary(contexts: Sequence[multihop.LongContext], out: str) -> None:
-  num_docs = [len(c.documents) for c in contexts]
-  chars = [len(multihop.render_context(c.documents)) for c in contexts]
-  questions = [len(c.questions) for c in contexts]
-  print(f"wrote {len(contexts)} contexts ({sum(questions)} questions) to {out}")
-  print(f"questions per context: mean {sum(questions) / len(questions):.2f}, single "
-        f"{questions.count(1) / len(questions):.2f}, max {max(questions)}")
-  print(f"documents per context: mean {sum(num_docs) / len(num_docs):.1f}, "
-        f"min {min(num_docs)}, max {max(num_docs)}")
-  print(f"characters per rendered context: mean {sum(chars) / len(chars):,.0f}, "
-        f"max {max(chars):,}")
+class _Summary:
+  """Sizes of the contexts written, gathered as they stream to the file."""
+
+  def __init__(self):
+    self.questions, self.documents, self.chars = [], [], []
+
+  def add(self, context: multihop.LongContext) -> multihop.LongContext:
+    self.questions.append(len(context.questions))
+    self.documents.append(len(context.documents))
+    self.chars.append(len(multihop.render_context(context.documents)))
+    return context
+
+  def print(self, out: str) -> None:
+    questions, documents, chars = self.questions, self.documents, self.chars
+    print(f"wrote {len(questions)} contexts ({sum(questions)} questions) to {out}")
+    print(f"questions per context: mean {sum(questions) / len(questions):.2f}, single "
+          f"{questions.count(1) / len(questions):.2f}, max {max(questions)}")
+    print(f"documents per context: mean {sum(documents) / len(documents):.1f}, "
+          f"min {min(documents)}, max {max(documents)}")
+    print(f"characters per rendered context: mean {sum(chars) / len(chars):,.0f}, "
+          f"max {max(chars):,}")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
-import tempfile
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -407,23 +407,31 @@ def _features():
 _SUFFIXES = (".jsonl", ".parquet")
 
 
-def save_long_contexts(contexts: Sequence[LongContext], path: str) -> None:
-  """Writes contexts to `path` (.jsonl or .parquet, by suffix); at least one context."""
-  import datasets  # pylint: disable=g-import-not-at-top
+def save_long_contexts(contexts: Iterable[LongContext], path: str) -> int:
+  """Writes contexts to `path` (.jsonl or .parquet, by suffix); at least one; returns how many.
 
+  JSON lines are written as the contexts come, so a generator is never held whole in memory.
+  """
   suffix = _suffix(path)
-  if not contexts:
-    raise ValueError(f"{path}: no contexts to save (the datasets library cannot read an "
-                     "empty file back); check the input and --limit")
-  features = _features()
-  rows = [dataclasses.asdict(context) for context in contexts]
-  table = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features},
-                                     features=features)
+  iterator = iter(contexts)
+  first = next(iterator, None)
+  if first is None:
+    raise ValueError(f"{path}: no contexts to save; check the input and --limit")
+  count = 0
   with fileio.local_file_to_write(path) as local:  # a URL (gs://...) is uploaded whole
     if suffix == ".jsonl":
-      table.to_json(local, lines=True)
-    else:
-      table.to_parquet(local)
+      with open(local, "w", encoding="utf-8") as f:
+        for context in itertools.chain([first], iterator):
+          f.write(json.dumps(dataclasses.asdict(context), ensure_ascii=False) + "\n")
+          count += 1
+      return count
+    import datasets  # pylint: disable=g-import-not-at-top  (seconds to load)
+
+    features = _features()
+    rows = [dataclasses.asdict(context) for context in itertools.chain([first], iterator)]
+    datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features},
+                               features=features).to_parquet(local)
+  return len(rows)
 
 
 def load_long_contexts(path: str) -> list[LongContext]:
