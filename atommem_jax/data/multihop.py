@@ -1,10 +1,12 @@
 """Multi-hop QA (HotpotQA, 2WikiMultihopQA, MuSiQue) -> long contexts for the memory agent.
 
-One JSON row becomes a `QASample` (its question, its own paragraphs, which are gold);
-`build_long_contexts` turns samples into `LongContext`s: the gold documents of one or more
-questions plus distractors drawn from all unique documents of the split, shuffled with a
-seed, as in the paper (200/400/800 documents). `save_long_contexts`/`load_long_contexts`
-store them as JSON lines or Parquet through the `datasets` library.
+One JSON row becomes a `QASample` (its question, its paragraphs, which of them support the
+answer); the readers reject invalid UTF-8, rows without paragraphs and repeated ids, naming the
+file and line. `build_long_contexts` builds the older gold-only layout: the supporting
+documents of one or more questions plus distractors drawn from all unique documents of the
+split, shuffled with a seed (the official protocol is `atommem_jax.data.protocol`).
+`save_long_contexts`/`load_long_contexts` store contexts as JSON lines (or Parquet through
+the `datasets` library); loading checks every row.
 """
 
 from __future__ import annotations
