@@ -1,10 +1,10 @@
 """Host values of a job on several processes (hosts): gathering them, and where rows live.
 
 Every process runs the same program on the same config and workdir (a shared file system or
-a gs:// / s3:// URL, as orbax checkpoints need). Most host values are the same everywhere (SFT batches, rollout
-rewards); the rollout episodes are not: each process holds only the episodes of the batch
-shards it owns (`rollout.episode.Rollout.episodes`). This module combines such values and
-states where the GRPO batch rows of those episodes may live.
+a gs:// / s3:// URL, as orbax checkpoints need). Most host values are the same everywhere (SFT
+batches, rollout rewards); the rollout episodes are not: each process holds only the episodes
+of the batch shards it owns (`rollout.episode.Rollout.episodes`). This module combines such
+values and states where the GRPO batch rows of those episodes may live.
 
 Layout assumption (`local_batch_shards` checks it): every batch shard, i.e. one coordinate
 of the mesh's batch axes ("data" x "fsdp" under the default rules), lies on the devices of
@@ -12,13 +12,16 @@ one process. Then the process that rolled out a shard's episodes trains on them 
 own devices and no episode crosses hosts. It holds whenever the other axes ("tensor") stay
 within a process, e.g. for every config of configs/ (tensor=1: all axes are batch axes).
 
-On one process nothing is exchanged: no collective, no pickling.
+Values cross processes as JSON (never pickle, which runs code while loading); episode
+outcomes are rebuilt from it field by field, by their dataclasses' type hints. On one process
+nothing is exchanged: no collective, no encoding.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
+import json
+import typing
 from typing import Any, Callable, Sequence, TypeVar
 
 import jax
@@ -34,16 +37,19 @@ Result = TypeVar("Result")
 
 
 def allgather_objects(value: Any) -> list[Any]:
-  """`value` (a small picklable host value) of every process, in process order."""
+  """`value` (a small JSON-serialisable host value) of every process, in process order.
+
+  Tuples come back as lists; NaN and infinities survive (Python's JSON writes them).
+  """
   if jax.process_count() == 1:
     return [value]
-  data = np.frombuffer(pickle.dumps(value), np.uint8)
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
   sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
   width = 1 << int(sizes.max() - 1).bit_length()  # powers of two: few gather compilations
   padded = np.zeros(width, np.uint8)
   padded[:data.size] = data
   gathered = np.asarray(multihost_utils.process_allgather(padded))
-  return [pickle.loads(gathered[process, :size].tobytes())
+  return [json.loads(gathered[process, :size].tobytes().decode())
           for process, size in enumerate(sizes)]
 
 
@@ -106,6 +112,21 @@ class EpisodeOutcome:
   final_memories: tuple[str, ...] = ()
 
 
+def from_json(kind: Any, value: Any) -> Any:
+  """`value` (as JSON gives it back: lists, dicts, numbers) as the type `kind`: dataclasses
+  field by field from their type hints, tuples from lists; other values as they are."""
+  if dataclasses.is_dataclass(kind):
+    hints = typing.get_type_hints(kind)
+    return kind(**{field.name: from_json(hints[field.name], value[field.name])
+                   for field in dataclasses.fields(kind) if field.name in value})
+  if typing.get_origin(kind) is tuple:
+    items = typing.get_args(kind)
+    if len(items) == 2 and items[1] is Ellipsis:
+      items = (items[0],) * len(value)
+    return tuple(from_json(item, element) for item, element in zip(items, value, strict=True))
+  return value
+
+
 def gather_outcomes(episodes: Sequence[host_lib.EpisodeRollout]) -> list[EpisodeOutcome]:
   """Every process's episodes, by episode index, as `EpisodeOutcome`s."""
   local = [EpisodeOutcome(e.episode,
@@ -113,5 +134,8 @@ def gather_outcomes(episodes: Sequence[host_lib.EpisodeRollout]) -> list[Episode
                           tuple(len(ids) for ids in e.response_token_ids),
                           tuple(m.text for m in e.result.memories))
            for e in episodes]
-  return sorted((outcome for part in allgather_objects(local) for outcome in part),
+  if jax.process_count() == 1:
+    return sorted(local, key=lambda outcome: outcome.episode)
+  parts = allgather_objects([dataclasses.asdict(outcome) for outcome in local])
+  return sorted((from_json(EpisodeOutcome, outcome) for part in parts for outcome in part),
                 key=lambda outcome: outcome.episode)
