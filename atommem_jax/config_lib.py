@@ -27,6 +27,8 @@ from atommem_jax.memory import embed as embed_lib
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # grpo.old_logprobs: where the PPO ratio's old log-probs come from.
 OLD_LOGPROBS = ("recompute", "sampler")
+# sft/grpo.schedule: the learning rate after the warm-up (train.state.OptimizerConfig).
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 # Qwen3Config's architecture fields (model/config.py; the execution fields are model.*).
@@ -192,7 +194,6 @@ def _non_finite_fields(c: ml_collections.ConfigDict, prefix: str = ""):
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every field that the code cannot check cheaply later; raises ConfigError."""
   from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   if not c.model.hf_dir and c.model.preset not in model_config_lib.PRESETS:
     _fail("model.preset", c.model.preset, f"one of {sorted(model_config_lib.PRESETS)} "
           "(or set model.hf_dir)")
@@ -247,9 +248,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
               f">= {least}, or None for {kind}.every_steps")
     if c[section].lr <= 0:
       _fail(f"{section}.lr", c[section].lr, "> 0")
-    if c[section].schedule not in state_lib.SCHEDULES:
-      _fail(f"{section}.schedule", c[section].schedule,
-            f"one of {state_lib.SCHEDULES} (after the warm-up)")
+    if c[section].schedule not in SCHEDULES:
+      _fail(f"{section}.schedule", c[section].schedule, f"one of {SCHEDULES} (after the warm-up)")
     if not 0 <= c[section].min_lr_ratio <= 1:
       _fail(f"{section}.min_lr_ratio", c[section].min_lr_ratio, "in [0, 1] (cosine floor)")
     for field in ("b1", "b2"):

@@ -25,7 +25,7 @@ from atommem_jax.agent import env as env_lib
 from atommem_jax.data.multihop import LongContext
 from atommem_jax.memory.store import MemoryEntry
 from atommem_jax.rollout import sampler
-from atommem_jax.train.batch import Example
+from atommem_jax.rollout.example import Example
 
 _END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 

@@ -1,7 +1,7 @@
 """Training: batches, losses, steps, checkpoints, metrics, and the job (`python -m`).
 
-Short re-exports, imported lazily (the rollout host imports `train.batch`, and the job
-imports the rollout):
+Short re-exports, imported lazily, so that importing one module (`train.batch`, say) does
+not import the whole job (tokenizers, the memory store, orbax):
   run(config, workdir) -> {"evaluations", "seconds", "hf_dir"}   the whole job (loop.run)
   TrainBatch, Example, pad_examples, pack_examples                 batch.py
   GRPOConfig, sft_loss, grpo_loss, group_advantages                losses.py

@@ -25,10 +25,12 @@ with T chosen from a few length buckets so that the steps compile rarely.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
+
+from atommem_jax.rollout.example import Example
 
 _DTYPES = {"tokens": np.int32, "positions": np.int32, "segment_ids": np.int32,
            "loss_mask": np.float32, "old_logprobs": np.float32, "advantages": np.float32}
@@ -49,15 +51,6 @@ class TrainBatch:
   @property
   def shape(self) -> tuple[int, int]:
     return tuple(self.tokens.shape)
-
-
-class Example(NamedTuple):
-  """One (prompt, response) step. `old_logprobs` has one entry per response token."""
-
-  prompt_ids: Sequence[int]
-  response_ids: Sequence[int]
-  advantage: float = 0.0
-  old_logprobs: Sequence[float] | None = None
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:

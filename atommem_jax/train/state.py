@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from atommem_jax import config_lib
 from atommem_jax.model import qwen3
 from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
 
 Params = dict[str, Any]
-SCHEDULES = ("constant", "cosine", "linear")
 
 
 @jax.tree_util.register_dataclass
@@ -57,8 +57,8 @@ class OptimizerConfig:
   grad_clip_norm: float | None = 1.0
 
   def __post_init__(self):
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
+    if self.schedule not in config_lib.SCHEDULES:
+      raise ValueError(f"schedule={self.schedule!r}; expected one of {config_lib.SCHEDULES}")
     if self.schedule != "constant" and (self.total_steps is None
                                         or self.total_steps <= self.warmup_steps):
       raise ValueError(f"schedule={self.schedule!r} needs total_steps > warmup_steps "
