@@ -124,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # top_p 0.99 at temperature 1: the official GRPO rollouts (evaluation is greedy).
   c.rollout = ml_collections.ConfigDict(dict(
-      prompt_buckets=(2048, 4096, 8192, 12288), max_new_tokens=4096, temperature=1.0,
+      prompt_buckets=(2048, 4096, 8192, 12288, 16384), max_new_tokens=4096, temperature=1.0,
       top_p=0.99, top_k=0))
 
   # A stage's `steps`: -1 derives them from its epochs over its data (setup.stage_steps), 0
