@@ -8,6 +8,7 @@ rewrites) and invalid actions per episode. Two settings: "test" (20 documents a 
 context, 4000-token chunks, at most 40 chunks: the paper's reading settings).
 
   python bench/bench_protocol.py [--embedder minilm] [--settings test,paper] [--contexts 6]
+                                 [--out FILE]
 """
 
 from __future__ import annotations
@@ -54,16 +55,23 @@ def main(argv=None) -> None:
   parser.add_argument("--settings", default="test,paper")
   parser.add_argument("--contexts", type=int, default=6, help="contexts of 3 questions a slice")
   parser.add_argument("--memagent_tokens", type=int, default=1024)
+  parser.add_argument("--out", help="also write the markdown tables here")
   args = parser.parse_args(argv)
+  lines = []
+
+  def emit(line: str) -> None:
+    print(line, flush=True)
+    lines.append(line)
+
   tokenizer = load_tokenizer()
   embedder = embed_lib.make_embedder(args.embedder)
   for setting in args.settings.split(","):
     spec = SETTINGS[setting]
-    print(f"\nsettings {setting!r}: {spec}, embedder {args.embedder}, {args.contexts} contexts "
-          "x 3 questions a slice")
-    print("| slice / policy | EM | steps/episode | C / R / U / D / scratchpad per episode "
-          "| invalid/episode |")
-    print("| --- | --- | --- | --- | --- |")
+    emit(f"\nsettings {setting!r}: {spec}, embedder {args.embedder}, {args.contexts} contexts "
+         "x 3 questions a slice")
+    emit("| slice / policy | EM | steps/episode | C / R / U / D / scratchpad per episode "
+         "| invalid/episode |")
+    emit("| --- | --- | --- | --- | --- |")
     for dataset in SLICES:
       start = time.perf_counter()
       contexts = _contexts(dataset, spec["num_docs"], args.contexts)
@@ -73,9 +81,12 @@ def main(argv=None) -> None:
       memagent = oracle.run_episodes(
           env_lib.MemoryEnv(env_lib.EnvConfig(store=False, **spec["env"]), tokenizer, embedder),
           oracle.MemAgentPolicy(tokenizer, scratchpad_tokens=args.memagent_tokens), contexts)
-      print(_row(f"{dataset} oracle", atommem))
-      print(_row(f"{dataset} MemAgent ({args.memagent_tokens} tokens)", memagent))
+      emit(_row(f"{dataset} oracle", atommem))
+      emit(_row(f"{dataset} MemAgent ({args.memagent_tokens} tokens)", memagent))
       print(f"({dataset}: {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
