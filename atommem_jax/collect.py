@@ -39,7 +39,7 @@ from atommem_jax.memory import embed
 from atommem_jax.model import hf
 from atommem_jax.rollout import episode
 from atommem_jax.rollout import host
-from atommem_jax.train import sft_data
+from atommem_jax.train import contexts as contexts_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)")
 _TEACHER = flags.DEFINE_string("teacher", None,
@@ -163,7 +163,7 @@ def resolve_tokenizer(name: str, model_dir: str | None = None):
 def load_contexts(config, paths: Iterable[str] | None, limit: int | None
                   ) -> list[multihop.LongContext]:
   contexts = ([c for path in paths for c in multihop.load_long_contexts(path)] if paths
-              else sft_data.load_contexts(config, "train"))
+              else contexts_lib.load_contexts(config, "train"))
   return contexts[:limit] if limit else contexts
 
 

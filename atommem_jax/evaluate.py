@@ -87,7 +87,7 @@ def _load_tokenizer(config, model_dir: str | None):
 
 def _load_contexts(config, path: str):
   from atommem_jax.data import multihop  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import contexts as contexts_lib  # pylint: disable=g-import-not-at-top
   if path != SYNTHETIC:
     try:
       contexts = multihop.load_long_contexts(path)
@@ -97,7 +97,7 @@ def _load_contexts(config, path: str):
     if config.data.synthetic.eval_contexts < 1:
       raise app.UsageError("--data synthetic needs config.data.synthetic.eval_contexts >= 1")
     try:  # the held-out contexts of training's evaluations
-      contexts = sft_data.synthetic_contexts(config, "eval")
+      contexts = contexts_lib.synthetic_contexts(config, "eval")
     except ValueError as e:
       raise app.UsageError(f"config section data.synthetic: {e}") from e
   return contexts[:_LIMIT.value] if _LIMIT.value else contexts

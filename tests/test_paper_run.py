@@ -28,9 +28,9 @@ from atommem_jax.data import multihop
 from atommem_jax.data import synthetic
 from atommem_jax.model import hf
 from atommem_jax.model import qwen3
+from atommem_jax.train import contexts as contexts_lib
 from atommem_jax.train import loop
 from atommem_jax.train import setup
-from atommem_jax.train import sft_data
 from atommem_jax.train import stages
 from atommem_jax.train import state as state_lib
 
@@ -223,7 +223,7 @@ def test_paper_configs_build_their_job_and_both_stages_have_steps(checkpoint, tm
   config_lib.validate(config)
   job = setup.prepare(config, str(tmp_path / "run"))
   assert len(job.tokenizer) > 150_000 and job.mesh.size == 8  # the real Qwen3 tokenizer
-  contexts = sft_data.load_contexts(config, "train")
+  contexts = contexts_lib.load_contexts(config, "train")
   examples = stages.sft_examples(job, contexts)
   sft_steps = setup.stage_steps(job, stages.SFT, lambda: len(examples))
   grpo_steps = setup.stage_steps(job, stages.GRPO, lambda: len(contexts))

@@ -25,9 +25,9 @@ import ml_collections
 
 from atommem_jax import fileio
 from atommem_jax.model import hf
+from atommem_jax.train import contexts as contexts_lib
 from atommem_jax.train import distributed
 from atommem_jax.train import setup
-from atommem_jax.train import sft_data
 from atommem_jax.train import stages
 
 EVALUATIONS_FILE = "evaluations.json"
@@ -87,8 +87,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   job.log(f"model: {job.model_config.num_params() / 1e6:.2f}M parameters, vocab "
           f"{job.model_config.vocab_size} (tokenizer {len(job.tokenizer)} entries); mesh "
           f"{dict(job.mesh.shape)}; workdir {workdir}")
-  train_contexts = sft_data.load_contexts(config, "train")
-  eval_contexts = sft_data.load_contexts(config, "eval")
+  train_contexts = contexts_lib.load_contexts(config, "train")
+  eval_contexts = contexts_lib.load_contexts(config, "eval")
   evaluate = stages.make_evaluator(job, eval_contexts)
   evaluations = _load_evaluations(workdir)
 
@@ -159,7 +159,7 @@ def evaluate_without_update(config: ml_collections.ConfigDict, workdir: str) -> 
   """The finished run's SFT policy evaluated in an environment that refuses Update."""
   job = _prepare(config, workdir)
   job = dataclasses.replace(job, env_config=dataclasses.replace(job.env_config, update=False))
-  evaluate = stages.make_evaluator(job, sft_data.load_contexts(config, "eval"))
+  evaluate = stages.make_evaluator(job, contexts_lib.load_contexts(config, "eval"))
   summary = evaluate(stages.restore_params(job, stages.SFT), "sft_no_update", config.sft.steps)
   job.writer.close()
   return summary

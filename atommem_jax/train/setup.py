@@ -33,8 +33,9 @@ from atommem_jax.model.config import Qwen3Config
 from atommem_jax.rollout import host as host_lib
 from atommem_jax.train import distributed
 from atommem_jax.train import metrics as metrics_lib
+from atommem_jax.train import contexts as contexts_lib
 from atommem_jax.train import run_files
-from atommem_jax.train import sft_data
+from atommem_jax.train import tokenizer_training
 
 _VOCAB_MULTIPLE = 128
 STEPS_FILE = "steps.json"  # the steps derived from epochs, kept for resumed runs
@@ -80,13 +81,13 @@ def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]
   name = config.tokenizer
   if name == "qwen3":
     directory = tokenizer_lib.qwen3_tokenizer_dir()
-  elif name == sft_data.SYNTHETIC_TOKENIZER:
+  elif name == tokenizer_training.SYNTHETIC_TOKENIZER:
     directory = fileio.join(workdir, "tokenizer")
     if not fileio.isfile(fileio.join(directory, "tokenizer_config.json")):
-      contexts = sft_data.synthetic_contexts(config, "train")
+      contexts = contexts_lib.synthetic_contexts(config, "train")
       vocab_size = config_lib.model_config(config).vocab_size
       with fileio.local_dir_to_write(directory) as local:
-        sft_data.train_synthetic_tokenizer(
+        tokenizer_training.train_synthetic_tokenizer(
             contexts, vocab_size, env_config, embedder, local,
             split_space_before_capitals=config.synthetic_tokenizer.split_space_before_capitals,
             oracle_options=config_lib.oracle_options(config))

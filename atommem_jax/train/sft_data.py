@@ -1,6 +1,8 @@
-"""Training data of the job: contexts, the tokenizer, SFT examples and their batches.
+"""SFT examples of the job (oracle trajectories, repeat-the-text spans, a chat-message file)
+and the order of their batches.
 
-Every order is a pure function of (seed, step), so that a resumed run sees the same data
+Contexts are loaded by `train.contexts`, the synthetic tokenizer trained by
+`train.tokenizer_training`. Every order is a pure function of (seed, step), so that a resumed run sees the same data
 as an uninterrupted one: `sft_batch_indices(num_examples, batch_size, seed, step)` shuffles
 once per epoch with a key folded from (seed, epoch).
 """
@@ -18,69 +20,11 @@ from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import oracle
 from atommem_jax.agent import prompts
 from atommem_jax.data import multihop
-from atommem_jax.data import synthetic
-from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.train.batch import Example
 
-SYNTHETIC_TOKENIZER = "synthetic"
-_CORPUS_EPISODES = 512  # oracle episodes whose prompts and responses join the BPE corpus
 # Action names of `oracle_examples(oversample=...)` and of config field sft.oversample:
 # "scratchpad", "read", "create", "update", "delete", "answer".
 OVERSAMPLE_KINDS = {kind.name.lower(): kind for kind in actions_lib.ActionKind}
-
-
-def synthetic_contexts(config, split: str) -> list[multihop.LongContext]:
-  """Train (seed) or eval (seed + 1, as `atommem_jax.evaluate`) synthetic contexts."""
-  fields = dict(config.data.synthetic)
-  counts = {"train": fields.pop("train_contexts"), "eval": fields.pop("eval_contexts")}
-  seed = config.seed + (1 if split == "eval" else 0)
-  return synthetic.generate_synthetic(counts[split], seed=seed, **fields)
-
-
-def load_contexts(config, split: str) -> list[multihop.LongContext]:
-  """The split's contexts: synthetic, or the multihop files of data.{train,eval}_files."""
-  if config.data.kind == "synthetic":
-    return synthetic_contexts(config, split)
-  field = "data.train_files" if split == "train" else "data.eval_files"
-  files = config.data.train_files if split == "train" else config.data.eval_files
-  missing = [path for path in files if not fileio.isfile(path)]
-  if missing:
-    raise multihop.DataError(f"config field {field}: no such file {missing[0]!r}; build one "
-                             "with `python -m atommem_jax.data.build`")
-  contexts = [c for path in files for c in multihop.load_long_contexts(path)]
-  limit = config.eval.num_contexts if split == "eval" else 0
-  return contexts[:limit] if limit else contexts
-
-
-def _document_texts(contexts: Sequence[multihop.LongContext]) -> list[str]:
-  texts = []
-  for context in contexts:
-    texts += [f"{doc.title}\n{doc.text}" for doc in context.documents]
-    texts += [question.question for question in context.questions]
-  return texts
-
-
-def train_synthetic_tokenizer(contexts: Sequence[multihop.LongContext], vocab_size: int,
-                              env_config: env_lib.EnvConfig, embedder, out_dir: str, *,
-                              split_space_before_capitals: bool = False,
-                              oracle_options: Mapping[str, bool] | None = None):
-  """A BPE trained on documents, questions, and oracle prompts and responses; saved to out_dir.
-
-  The prompts (system text, headers) only exist once a tokenizer chunks the context, so a
-  first BPE on the documents drives a few oracle episodes whose texts join the corpus of
-  the final one. `split_space_before_capitals`: see `tokenizer.train_bpe_tokenizer`;
-  `oracle_options`: keyword arguments of the `oracle.OraclePolicy` whose texts are used.
-  """
-  texts = _document_texts(contexts)
-  options = dict(split_space_before_capitals=split_space_before_capitals)
-  draft = tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, **options)
-  env = env_lib.MemoryEnv(env_config, draft, embedder)
-  policy = oracle.OraclePolicy(enabled=env_config.enabled_actions, **(oracle_options or {}))
-  results = oracle.run_episodes(env, policy, contexts[:_CORPUS_EPISODES])
-  for result in results:
-    for turn in result.trajectory:
-      texts += [turn.prompt_text, turn.response]
-  return tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, out_dir, **options)
 
 
 def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_lib.EnvConfig,
@@ -218,9 +162,3 @@ def sft_batch_indices(num_examples: int, batch_size: int, seed: int, step: int) 
   epoch, position = divmod(step, per_epoch)
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)
   return order[position * batch_size:(position + 1) * batch_size]
-
-
-def grpo_context_indices(num_contexts: int, batch_size: int, seed: int, step: int
-                         ) -> np.ndarray:
-  """Context indices of GRPO step `step` (0-based), drawn like the SFT batches."""
-  return sft_batch_indices(num_contexts, batch_size, seed + 1_000_003, step)

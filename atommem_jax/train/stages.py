@@ -27,6 +27,7 @@ from atommem_jax.agent import stats as stats_lib
 from atommem_jax.rollout import episode as episode_lib
 from atommem_jax.train import batch as batch_lib
 from atommem_jax.train import checkpoint as checkpoint_lib
+from atommem_jax.train import contexts as contexts_lib
 from atommem_jax.train import distributed
 from atommem_jax.train import losses
 from atommem_jax.train import metrics as metrics_lib
@@ -295,7 +296,7 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
     for step in _progress(GRPO, start, g.steps):
       key = stage_key(job.config.seed, GRPO, step)
       rollout_key, shuffle_key = jax.random.split(key)
-      picked = sft_data.grpo_context_indices(len(contexts), g.questions_per_batch,
+      picked = contexts_lib.grpo_context_indices(len(contexts), g.questions_per_batch,
                                              job.config.seed, step)
       timer.start()
       rollout = loop.run(rollout_params(job, state.params), [contexts[i] for i in picked],
