@@ -2,9 +2,9 @@
 and the order of their batches.
 
 Contexts are loaded by `train.contexts`, the synthetic tokenizer trained by
-`train.tokenizer_training`. Every order is a pure function of (seed, step), so that a resumed run sees the same data
-as an uninterrupted one: `sft_batch_indices(num_examples, batch_size, seed, step)` shuffles
-once per epoch with a key folded from (seed, epoch).
+`train.tokenizer_training`. Every order is a pure function of (seed, step), so that a resumed
+run sees the same data as an uninterrupted one: `sft_batch_indices(num_examples, batch_size,
+seed, step)` shuffles once per epoch with a key folded from (seed, epoch).
 """
 
 from __future__ import annotations
