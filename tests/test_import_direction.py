@@ -60,3 +60,47 @@ def test_no_module_imports_a_higher_layer():
                         f"(layer {_layer(module)}) imports {imported} (layer {_layer(imported)})")
   assert not upward, ("imports against the layer order; move what both need to the lower "
                       "layer:\n" + "\n".join(upward))
+
+
+def _modules() -> dict[str, str]:
+  """Module name -> source path, for every module of the package."""
+  modules = {}
+  for root, _, files in os.walk(PACKAGE):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(root, name)
+        module = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].replace(os.sep, ".")
+        modules[module.removesuffix(".__init__")] = path
+  return modules
+
+
+def _top_level_imports(path: str) -> set[str]:
+  tree = ast.parse(open(path).read())
+  top = {id(node) for node in tree.body}
+  return {module for line, module in _imports(path)
+          if any(id(node) in top and node.lineno == line for node in tree.body)}
+
+
+def test_no_import_inside_a_function_hides_a_cycle():
+  """Each import made inside a function could move to the top of its module: the module it
+  imports does not import it back, through any chain of top-level imports."""
+  modules = _modules()
+  top = {module: _top_level_imports(path) for module, path in modules.items()}
+
+  def reached(start: str) -> set[str]:
+    seen, stack = set(), [start]
+    while stack:
+      module = stack.pop()
+      parts = module.split(".")
+      for other in top.get(module, set()) | {".".join(parts[:i]) for i in range(1, len(parts))}:
+        if other not in seen:
+          seen.add(other)
+          stack.append(other)
+    return seen
+
+  hidden = [f"{os.path.relpath(path, os.path.dirname(PACKAGE))}:{line}: {module} -> {imported}"
+            for module, path in sorted(modules.items())
+            for line, imported in _imports(path)
+            if imported not in top[module] and module in reached(imported)]
+  assert not hidden, ("imports inside functions that hide a cycle; move the code both need "
+                      "to the lower module:\n" + "\n".join(hidden))
