@@ -492,7 +492,8 @@ def test_loss_chunk_and_old_logprobs_are_validated_with_the_field_named(field, v
     ("--config.grpo.kl_coef=nan", "config field grpo.kl_coef=nan: a finite number"),
 ])
 def test_bad_values_from_the_command_line_end_in_one_error_line(tmp_path, flag, message):
-  """The train CLI refuses them before any work, naming the field, without a traceback."""
+  """The train CLI refuses them before any work with one line naming the field (as it does a
+  misspelt --config flag), without a traceback or the usage text."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join((REPO, os.environ.get("PYTHONPATH", ""))))
   result = subprocess.run([sys.executable, "-m", "atommem_jax.train", "--config",
@@ -500,5 +501,7 @@ def test_bad_values_from_the_command_line_end_in_one_error_line(tmp_path, flag, 
                            str(tmp_path / "run"), flag], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-  assert message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+  assert message in lines[0]
   assert not (tmp_path / "run").exists()

@@ -43,8 +43,8 @@ def main(argv: Sequence[str]) -> None:
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   try:
     config_lib.validate(_CONFIG.value)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(f"{flags.FLAGS['config'].config_filename}: {e}") from e
+  except config_lib.ConfigError as e:  # one line, as a misspelt --config flag gives
+    sys.exit(f"error: {flags.FLAGS['config'].config_filename}: {e}")
   config_lib.request_cpu_devices(_CONFIG.value)
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value:
@@ -59,7 +59,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     loop.run(_CONFIG.value, _workdir())
   except config_lib.ConfigError as e:
-    raise app.UsageError(str(e)) from e
+    sys.exit(f"error: {e}")
   except (stages.NonFiniteUpdateError, multihop.DataError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
