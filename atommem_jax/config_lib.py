@@ -15,12 +15,14 @@ could not be parsed), data, rollout, sft, grpo, eval, checkpoint, export.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import sys
 
 import ml_collections
 
+from atommem_jax import fileio
 from atommem_jax.memory import embed as embed_lib
 
 # The checkout's configs/ directory: where `load_config_file` finds config names.
@@ -302,8 +304,6 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
   A training run may grow the vocabulary to its tokenizer; the config it really trained is
   in its workdir (`train.run_files`).
   """
-  import json  # pylint: disable=g-import-not-at-top
-  from atommem_jax import fileio  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
   execution = execution_fields(c, rollout=rollout)
   if c.model.hf_dir:
