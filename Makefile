@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make test   create .venv, install torch (CPU build) then the package with test extras, run the tests
+#   make test   create .venv, install torch (CPU build) then the package with test and tpu extras, run the tests
 #   make demo   same install, then run the main job on the embedded default config
 PYTHON ?= python3
 VENV   := .venv
@@ -11,14 +11,15 @@ PYTEST_ARGS ?=
 # make bench: quick runs of every benchmark; BENCH_ARGS=--full (their defaults), --check, --only NAMES
 BENCH_ARGS ?=
 
-.PHONY: install test test-slow test-all demo bench clean
+.PHONY: install test test-slow test-all demo paper-smoke bench clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first: the CPU build from the local file, so nothing pulls a CUDA build.
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[test]'
+	# tpu: libtpu for the installed jax, so tests compile TPU programs ahead of time (aot).
+	$(PIP) install -q -e '.[test,tpu]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +35,11 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m atommem_jax.demo
+
+# configs/qwen3_8b_a800.py end to end on this CPU (a 2-layer random Qwen3, the real tokenizer,
+# the shipped HotpotQA/MuSiQue slices): build, collect, SFT, GRPO, evaluate, export.
+paper-smoke: $(STAMP)
+	$(PY) -m atommem_jax.paper_smoke
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py $(BENCH_ARGS)

@@ -187,6 +187,12 @@ class EpisodeLoop:
                    steps=int(np.asarray(steps.addressable_data(0))), seconds=seconds,
                    callback_seconds=self.registry.callback_seconds)
 
+  def lower(self, params, key_data: jax.ShapeDtypeStruct,
+            rng_impl: str = "threefry2x32") -> jax.stages.Lowered:
+    """The loop's program lowered for params and raw key data (arrays or ShapeDtypeStructs
+    with shardings), to compile ahead of time (`atommem_jax.aot`)."""
+    return self._run.lower(params, key_data, rng_impl=rng_impl)
+
   def _loop(self, params, key_data: jax.Array, rng_impl: str
             ) -> tuple[jax.Array, jax.Array]:
     """The whole batch: rewards [N] over the batch axes and the number of steps.
@@ -243,10 +249,20 @@ class EpisodeLoop:
     are non-zero) and laid out over the batch axes; scalars are combined over every
     device with `scalar_op` (psum: a total over shards; pmax: the largest).
     """
+    # Every result crosses as one rank: JAX 0.10's TPU lowering under Shardy rejects a host
+    # callback whose results differ in rank ('stablehlo.recv' sharding rank mismatch).
+    rank = max(len(s.shape) for s in result_shapes)
+    sent = tuple(jax.ShapeDtypeStruct(s.shape + (1,) * (rank - len(s.shape)), s.dtype)
+                 for s in result_shapes)
+
+    def host(*host_args):
+      return tuple(np.reshape(r, s.shape) for r, s in zip(fn(*host_args), sent))
+
     def per_device(*shard_args):
       shard = _linear_index(self.mesh, self.batch_axes)
       replica = _linear_index(self.mesh, self.other_axes)
-      results = io_callback(fn, result_shapes, shard, replica, *shard_args, ordered=True)
+      results = io_callback(host, sent, shard, replica, *shard_args, ordered=True)
+      results = [r.reshape(s.shape) for r, s in zip(results, result_shapes)]
       return tuple(scalar_op(r, self.mesh.axis_names) if r.ndim == 0
                    else jax.lax.psum(r, self.other_axes) if self.other_axes else r
                    for r in results)
