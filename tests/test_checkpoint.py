@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import pathlib
 import re
 
 import jax
@@ -225,13 +226,13 @@ def _truncate(step_dir):
 def _flip_a_byte(step_dir):
   # Orbax itself restores this file without an error, with a wrong value in one array.
   path = _largest_data_file(step_dir)
-  data = bytearray(open(path, "rb").read())
+  data = bytearray(pathlib.Path(path).read_bytes())
   data[len(data) // 2] ^= 0x40
-  open(path, "wb").write(bytes(data))
+  pathlib.Path(path).write_bytes(bytes(data))
 
 
 def _empty_metadata(step_dir):
-  open(step_dir / "state" / "_METADATA", "w").close()
+  (step_dir / "state" / "_METADATA").write_text("")
 
 
 DAMAGES = {"truncated": (_truncate, "bytes, .* were written"),

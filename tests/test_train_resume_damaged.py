@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -45,9 +46,9 @@ def _flip_a_byte(step_dir) -> None:
   files = [os.path.join(root, name) for root, _, names in os.walk(step_dir / "state")
            for name in names if os.sep + "d" + os.sep in os.path.join(root, name)]
   path = max(files, key=os.path.getsize)
-  data = bytearray(open(path, "rb").read())
+  data = bytearray(pathlib.Path(path).read_bytes())
   data[len(data) // 2] ^= 0x40
-  open(path, "wb").write(bytes(data))
+  pathlib.Path(path).write_bytes(bytes(data))
 
 
 @pytest.mark.slow
