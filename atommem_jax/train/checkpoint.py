@@ -15,7 +15,9 @@ a wrong value), so each step also holds `checksums.json`: the size and CRC-32 of
 files, written before the rename (after it when saves are synchronous). `latest_step` and
 `restore` skip, with a warning saying which step and why, a step whose files do not match it,
 whose metadata does not parse or that orbax fails to read, and use the newest one that
-restores; when none does, CheckpointError names the directory.
+restores; when none does, CheckpointError names the directory. Checking a step reads all of
+its files once per process (CRC-32 runs at about 2 GB/s on one core: some 50 s for the 96 GB of
+an 8B model's fp32 params and Adam moments); the verdict is kept for the rest of the process.
 """
 
 from __future__ import annotations
