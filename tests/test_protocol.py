@@ -21,7 +21,6 @@ import pytest
 from atommem_jax import config_lib
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import oracle
-from atommem_jax.agent import prompts
 from atommem_jax.data import synthetic
 from atommem_jax.data.multihop import Document
 from atommem_jax.data.multihop import LongContext
@@ -334,7 +333,7 @@ def test_prompt_budget_holds_16k_and_cuts_the_oldest_memories_first(tmp_path):
   stats = env.results()[0].stats
   assert stats.prompt_cuts == 1 and stats.memories_cut == 4 - len(kept)
   newest = observation.retrieved[0]
-  env.step([f"<modify_memory>Memory 1: rewritten</modify_memory>"])
+  env.step(["<modify_memory>Memory 1: rewritten</modify_memory>"])
   assert {e.id: e.text for e in env.results()[0].memories}[newest.id] == "rewritten"
   # Far too small a budget: every part is cut, the prompt still fits, the episode goes on.
   env = _env(chunk_tokens=4000, max_prompt_tokens=40)
