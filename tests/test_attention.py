@@ -244,3 +244,33 @@ def test_config_rejects_unknown_attention_and_bad_blocks():
     config.replace(attention="flash")
   with pytest.raises(ValueError, match="attention_block_k=0"):
     config.replace(attention_block_k=0)
+
+
+def test_auto_lowers_to_the_splash_kernel_for_a_tpu_slice(monkeypatch):
+  """Ahead-of-time compile for a v5p-8 slice from this CPU host: the sharded gradient
+  program holds the Mosaic kernel (splash), and compiles (it needs libtpu)."""
+  pytest.importorskip("libtpu")
+  monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
+  monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other test processes may hold it
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  topology = topologies.get_topology_desc(
+      platform="tpu", topology_name="v5p:2x2x1", chip_config_name="megacore",
+      chips_per_host_bounds=(2, 2, 1), num_slices=1)
+  mesh = jax.sharding.Mesh(np.array(topology.devices).reshape(2, 1, 2),
+                           ("data", "fsdp", "tensor"))
+  shard = sharding.ActivationSharding(mesh)
+  P, NamedSharding = jax.sharding.PartitionSpec, jax.sharding.NamedSharding
+  shaped = lambda shape, dtype, spec: jax.ShapeDtypeStruct(shape, dtype,
+                                                           sharding=NamedSharding(mesh, spec))
+
+  def loss(q, k, v, segment_ids):
+    mask = AttentionMask.causal(segment_ids != 0, segment_ids)
+    return jnp.sum(attention.attention(q, k, v, mask, "auto", shard=shard).astype(jnp.float32))
+
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(
+      shaped((4, 256, 8, 128), jnp.bfloat16, P("data", None, "tensor")),
+      shaped((4, 256, 2, 128), jnp.bfloat16, P("data", None, "tensor")),
+      shaped((4, 256, 2, 128), jnp.bfloat16, P("data", None, "tensor")),
+      shaped((4, 256), jnp.int32, P("data")))
+  assert "tpu_custom_call" in lowered.as_text()
+  assert lowered.compile().memory_analysis() is not None

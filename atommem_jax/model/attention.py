@@ -1,4 +1,4 @@
-"""Attention implementations over one mask description, none of which (but `dense`) builds [T, S].
+"""Attention implementations over one mask description; only the dense reference builds [T, S].
 
 `AttentionMask` says which keys each query sees: causal by slot (key slot <= query slot),
 key validity (left padding, unfilled cache slots) and packed segments. Each implementation
