@@ -40,7 +40,8 @@ def _params(tied: bool):
 def _batch() -> batch_lib.TrainBatch:
   """Packed rows: several segments per row, padding, an all-padding row."""
   rng = np.random.RandomState(0)
-  examples = [batch_lib.Example(rng.randint(3, VOCAB, p).tolist(), rng.randint(3, VOCAB, r).tolist())
+  examples = [batch_lib.Example(rng.randint(3, VOCAB, p).tolist(),
+                                rng.randint(3, VOCAB, r).tolist())
               for p, r in [(3, 4), (2, 2), (4, 5), (1, 3), (2, 6)]]
   batch = batch_lib.pack_examples(examples, length=LENGTH, num_rows=4)
   assert np.asarray(batch.segment_ids).max() > 1 and not np.asarray(batch.segment_ids)[-1].any()

@@ -17,7 +17,7 @@ from atommem_jax.model import attention
 from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
 
-KvCache = tuple[jax.Array, jax.Array]  # (k, v), each [B, S, K, H]
+KvCache = tuple[jax.Array, jax.Array]  # (k, v), each [L, B, S, K, H] (every layer's)
 
 _KERNEL_INIT = nn.initializers.normal(stddev=0.02)  # HF initializer_range
 _HIDDEN = ("act_batch", "act_length", "act_embed")
@@ -83,9 +83,12 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, mask: attention.AttentionMask,
-               kv_cache: KvCache | None = None,
-               cache_index: jax.Array | None = None) -> tuple[jax.Array, KvCache | None]:
-    """x [B, T, D], positions [B, T]; kv_cache gets k/v at cache_index.
+               kv_cache: KvCache | None = None, cache_index: jax.Array | None = None,
+               layer: jax.Array | None = None) -> tuple[jax.Array, KvCache | None]:
+    """x [B, T, D], positions [B, T]; kv_cache (all layers') gets k/v at [layer, :, cache_index].
+
+    The stacked cache is updated in place (a loop-carried buffer): no layer's cache is
+    copied whole, as a scan's stacked output would be at every decode step.
 
     Attention is computed by config.attention (see attention.py) over the mask description.
     """
@@ -107,10 +110,12 @@ class Attention(nn.Module):
     new_cache = None
     if kv_cache is not None:
       cache_k, cache_v = kv_cache
-      start = (0, cache_index, 0, 0)
-      key = jax.lax.dynamic_update_slice(cache_k, key.astype(cache_k.dtype), start)
-      value = jax.lax.dynamic_update_slice(cache_v, value.astype(cache_v.dtype), start)
-      new_cache = (key, value)
+      start = (layer, 0, cache_index, 0, 0)
+      cache_k = jax.lax.dynamic_update_slice(cache_k, key[None].astype(cache_k.dtype), start)
+      cache_v = jax.lax.dynamic_update_slice(cache_v, value[None].astype(cache_v.dtype), start)
+      key = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False)
+      value = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)
+      new_cache = (cache_k, cache_v)
     kv_axes = ("act_batch", "act_length", "act_kv_heads", "head_dim")
     out = attention.attention(q, self.shard(key, kv_axes), self.shard(value, kv_axes), mask,
                               cfg.attention, cfg.attention_block_q, cfg.attention_block_k,
@@ -146,17 +151,22 @@ class DecoderLayer(nn.Module):
   shard: sharding.ActivationSharding = sharding.ActivationSharding()
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: attention.AttentionMask,
-               kv_cache: KvCache | None,
-               cache_index: jax.Array | None) -> tuple[jax.Array, KvCache | None]:
-    """x [B, T, D] -> ([B, T, D], updated kv_cache); signature fits nn.scan (carry, xs)."""
+  def __call__(self, carry: tuple[jax.Array, KvCache | None], positions: jax.Array,
+               mask: attention.AttentionMask, layer: jax.Array,
+               cache_index: jax.Array | None) -> tuple[tuple[jax.Array, KvCache | None], None]:
+    """(x [B, T, D], kv_cache) -> (([B, T, D], kv_cache updated at `layer`), None).
+
+    The signature fits nn.scan: the stacked cache travels in the carry, `layer` (this
+    layer's index) is the scanned input.
+    """
+    x, kv_cache = carry
     cfg = self.config
     norm = dict(eps=cfg.rms_norm_eps, axis_name="norm", param_dtype=cfg.jnp_param_dtype)
     attn_out, kv_cache = Attention(cfg, self.shard, name="attn")(
-        RMSNorm(name="input_norm", **norm)(x), positions, mask, kv_cache, cache_index)
+        RMSNorm(name="input_norm", **norm)(x), positions, mask, kv_cache, cache_index, layer)
     x = self.shard(x + attn_out, _HIDDEN)
     mlp_out = Mlp(cfg, self.shard, name="mlp")(RMSNorm(name="post_attn_norm", **norm)(x))
-    return self.shard(x + mlp_out, _HIDDEN), kv_cache
+    return (self.shard(x + mlp_out, _HIDDEN), kv_cache), None
 
 
 _REMAT_POLICIES = {
@@ -167,7 +177,10 @@ _REMAT_POLICIES = {
 
 
 def layer_stack(config: Qwen3Config) -> type[nn.Module]:
-  """DecoderLayer over the stacked [L, ...] params; scanned, or unrolled when not scan_layers."""
+  """DecoderLayer over the stacked [L, ...] params; scanned, or unrolled when not scan_layers.
+
+  Called as stack((x, kv_cache), positions, mask, jnp.arange(L), cache_index).
+  """
   layer = DecoderLayer
   if config.remat != "none":
     # Inside a rolled scan XLA cannot CSE the recomputation away; unrolled it could.

@@ -71,8 +71,8 @@ class Qwen3(nn.Module):
     cfg = self.config
     embedder = Embedder(cfg, name="embedder")
     x = self.shard(embedder.encode(token_ids), ("act_batch", "act_length", "act_embed"))
-    x, kv_cache = _layers.layer_stack(cfg)(cfg, self.shard, name="layers")(
-        x, positions, mask, kv_cache, cache_index)
+    (x, kv_cache), _ = _layers.layer_stack(cfg)(cfg, self.shard, name="layers")(
+        (x, kv_cache), positions, mask, jnp.arange(cfg.num_hidden_layers), cache_index)
     x = _layers.RMSNorm(cfg.rms_norm_eps, "norm", cfg.jnp_param_dtype, name="final_norm")(x)
     if hidden_only:
       return x, kv_cache
