@@ -39,9 +39,11 @@ from atommem_jax.train import tokenizer_training
 
 _VOCAB_MULTIPLE = 128
 STEPS_FILE = "steps.json"  # the steps derived from epochs, kept for resumed runs
-# Per stage: (field counting passes over the data, field of items per step, what the items are).
-_EPOCHS = {"sft": ("epochs", "batch_size", "SFT examples (oracle steps or data.sft_file rows)"),
-           "grpo": ("data_epochs", "questions_per_batch", "training contexts (data.train_files)")}
+# Per stage: (field of passes over the data, field of items a step, the items, their source).
+_EPOCHS = {"sft": ("epochs", "batch_size", "SFT examples",
+                   "oracle steps of data.train_files, or data.sft_file rows"),
+           "grpo": ("data_epochs", "questions_per_batch", "training contexts",
+                    "data.train_files")}
 
 
 @dataclasses.dataclass
@@ -188,12 +190,12 @@ def stage_steps(job: Job, stage: str, count: Callable[[], int]) -> int:
 
   A derived number is recorded in workdir/steps.json with the values it came from, so that a
   resumed run keeps it without counting the data again; `count()` runs only when there is no
-  record for the same epochs and batch size.
+  record for the same epochs and batch size (delete the file after changing the data).
   """
   section = job.config[stage]
   if section.steps >= 0:
     return section.steps
-  epochs_field, batch_field, items = _EPOCHS[stage]
+  epochs_field, batch_field, items, source = _EPOCHS[stage]
   epochs, batch = section[epochs_field], section[batch_field]
   recorded = _recorded_steps(job.workdir)
   kept = recorded.get(stage, {})
@@ -203,11 +205,11 @@ def stage_steps(job: Job, stage: str, count: Callable[[], int]) -> int:
   if num_items == 0:
     raise config_lib.ConfigError(
         f"config field {stage}.steps=-1 derives the steps from {stage}.{epochs_field}={epochs} "
-        f"over the {items}, but there are none; give that data or set --config.{stage}.steps "
+        f"over the {items}, but there are none; give {source}, or set --config.{stage}.steps "
         "(0 skips the stage)")
   steps = epochs * max(num_items // batch, 1)
   log(f"{stage}: {epochs} epochs x {max(num_items // batch, 1)} steps of {batch} "
-      f"({num_items} {items.split(' (')[0]}) = {steps} steps")
+      f"({num_items} {items}) = {steps} steps")
   recorded[stage] = {"steps": steps, "epochs": epochs, "batch_size": batch, "items": num_items}
   if jax.process_index() == 0:
     fileio.write_text(fileio.join(job.workdir, STEPS_FILE), json.dumps(recorded, indent=2))
