@@ -539,6 +539,8 @@ def run(c: ml_collections.ConfigDict, topology: topologies.Topology,
     fit = compile_program(program)
     if not topology.is_tpu:  # host devices: shardings checked; memory from the estimate
       fit = dataclasses.replace(fit, estimate=tuple(estimate(c, mesh, sizes, program.name)))
+    print(f"compiled {program.name} ({program.shape}) in {fit.seconds:.0f} s: "
+          f"{verdict(fit, topology.hbm_bytes)}", file=sys.stderr, flush=True)
     fits.append(fit)
   print(table(fits, topology.hbm_bytes), file=out, flush=True)
   return all(fit.fits(topology.hbm_bytes) for fit in fits)

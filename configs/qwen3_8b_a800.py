@@ -14,23 +14,27 @@ at the default paths below (DATA_DIR, relative to the working directory), e.g.
 and likewise 2wikimultihopqa and musique, train and dev. Elsewhere:
 --config.data.train_files='("a.jsonl", "b.jsonl")' (and data.eval_files).
 
-Memory per GPU (why mesh fsdp=8): Qwen3-8B has 8.19e9 parameters. Training holds fp32
-master weights, fp32 gradients and two fp32 Adam moments, 16 bytes/param = 131 GB, more
-than one 80 GB card; sharded over fsdp=8 it is 16.4 GB per GPU. The frozen bf16 reference
-policy (16.4 GB) and the bf16 rollout copy (16.4 GB) are sharded the same way, 2 GB each
-per GPU. That leaves ~58 GB per GPU for
-- rollouts: the bf16 KV cache is 2 x 8 kv heads x 128 x 36 layers x 2 B = 147 KB/token,
-  2.4 GB for a 16k-token episode step (12288 prompt bucket + 4096 generated); the
-  16 x 8 = 128 episodes of a GRPO batch over 8 GPUs are 16 per GPU, ~39 GB;
-- training (remat full): per 16k-token row, the saved layer inputs 36 x 16384 x 4096 x
-  2 B = 4.8 GB, plus fp32 logits and their gradient, 2 x 16384 x 151936 x 4 B = 20 GB,
-  about 25 GB; so at most 2 rows of 16k tokens per GPU per micro-batch (raise
-  grpo.grad_accum / sft.grad_accum when rows per step exceed it).
-data=2, fsdp=4 doubles the sharded state (33 + 4 + 4 = 41 GB per GPU), leaving 39 GB: one
-training row, and not both the KV cache and the weights' all-gather buffers. Across nodes,
-data=-1 adds plain data parallelism over InfiniBand (fsdp all-gathers stay on NVLink). The
-launch scripts let XLA take 92% of each card (XLA_PYTHON_CLIENT_MEM_FRACTION; JAX's
-default 75% would leave 60 GB).
+Memory per GPU, from `python -m atommem_jax.aot --config configs/qwen3_8b_a800.py --topology
+cpu-8`: it compiles every program for 8 host devices (so every sharding is legal) and prints
+an analytic per-GPU estimate (its formula is checked against XLA:TPU's figures in
+tests/test_aot.py) against 80 GiB x 0.92 = 73.6 GiB, the share of each card the launch
+scripts give XLA (XLA_PYTHON_CLIENT_MEM_FRACTION). fsdp=8 shards the fp32 weights, Adam
+moments and reference (Qwen3-8B, 8.19e9 parameters) to 11.4 + 3.8 GiB per GPU. GiB per GPU
+at the base config's sizes (estimate, blockwise/cuDNN attention, loss_chunk 1024):
+- sft_step, 2 rows x 18432 tokens (sft.batch_size 16 over 8 GPUs, grad_accum 1): 37.5
+  (state 11.4, grads 3.8, saved layer inputs 10.1, layer recompute 9.0, logits 1.7);
+- grpo_step, 1 row x 20480 tokens (16384 prompt bucket + 4096 new) per micro-batch: 32.3;
+- old_logprobs (recomputed before the update): 19.2;
+- sampler / episode loop, 8 episodes per GPU (8 questions x 8 rollouts over 8 GPUs) at
+  16384 + 4096 tokens: 56.4 (KV cache 22.5, prefill layer 16.0, the GRPO state and
+  reference resident 15.2).
+So sft.grad_accum stays 1 (4 rows per GPU would still be ~58 GiB) and a rollout of the whole
+GRPO batch at once fits. A GRPO batch holds every turn of its episodes as a row, so its
+rows per micro-batch are rows / (8 x grpo.grad_accum x grpo.num_minibatches): raise those
+when the batches' rows per GPU exceed what fits (the estimate adds ~12 GiB per 20k row:
+four fit).
+data=2, fsdp=4 doubles the sharded state per GPU. Across nodes, data=-1 adds plain data
+parallelism over InfiniBand (fsdp all-gathers stay on NVLink).
 """
 
 import os

@@ -7,10 +7,16 @@ Everything but the mesh is configs/qwen3_8b_a800.py: the paper's hyperparameters
 (model.hf_dir must exist on every host: copy it to each worker's disk), remat full, bf16
 compute, and the same data files (also on every host).
 
-Memory per chip: the 131 GB of fp32 weights, gradients and Adam moments over 16 chips are
-8.2 GB; the bf16 reference and rollout copies 1 GB each; the 128 episodes of a GRPO batch
-are 8 per chip, 8 x 2.4 GB = 19 GB of KV cache. fsdp=-1 takes every chip of the slice
-(16 on a v5p-32; a v5p-64 gives 32), all over the ICI torus, so no data axis is needed.
+Memory per chip: `python -m atommem_jax.aot --config configs/qwen3_8b_tpu.py --topology
+v5p-32` compiles the run's programs for the slice through libtpu on any Linux host and
+prints XLA:TPU's per-chip bytes against the 95.74 GiB it counts per v5p chip; exit status
+1 if one does not fit. fsdp=-1 takes every chip of the slice (16 on a v5p-32; a v5p-64
+gives 32), all over the ICI torus, so no data axis is needed. The rollout runs all
+8 x 8 episodes of a GRPO step at once: 4 per chip on a v5p-32, 8 on a v5p-16. Measured and
+estimated figures per chip are in BENCHMARKS.md ("Fit at the paper's sizes"); at the base
+config's sizes the estimate (configs/qwen3_8b_a800.py) is, on a v5p-32, sft_step 19.5 GiB
+(1 row x 18432 tokens), grpo_step 22.7 (1 x 20480), old_logprobs 11.6, sampler 28.6
+(4 episodes at 16384 + 4096 tokens), and twice the sampler's and SFT's on a v5p-16.
 """
 
 import os
