@@ -147,19 +147,6 @@ def model_runner(hf_dir: str, config, tokenizer, temperature: float) -> RunBatch
   return run
 
 
-def resolve_tokenizer(name: str, model_dir: str | None = None):
-  """The teacher's tokenizer: the model directory's own when it has one, else config field
-  tokenizer ("qwen3" or a directory)."""
-  if model_dir and fileio.isfile(fileio.join(model_dir, "tokenizer_config.json")):
-    return tokenizer_lib.load_tokenizer(model_dir)
-  if name == "qwen3":
-    return tokenizer_lib.load_tokenizer()
-  if not fileio.isdir(name):
-    raise ValueError(f"config field tokenizer={name!r}: give 'qwen3' or a tokenizer directory "
-                     "(the synthetic BPE of a run lives in its workdir/tokenizer)")
-  return tokenizer_lib.load_tokenizer(name)
-
-
 def load_contexts(config, paths: Iterable[str] | None, limit: int | None
                   ) -> list[multihop.LongContext]:
   contexts = ([c for path in paths for c in multihop.load_long_contexts(path)] if paths
@@ -199,7 +186,8 @@ def main(argv: Sequence[str]) -> None:
   teacher = _TEACHER.value
   hf_dir = _hf_dir(teacher)
   try:
-    tokenizer = resolve_tokenizer(config.tokenizer, hf_dir)
+    tokenizer = tokenizer_lib.load_tokenizer(
+        tokenizer_lib.resolve_tokenizer_dir(config.tokenizer, hf_dir))
     contexts = load_contexts(config, _DATA.value, _LIMIT.value)
     run_batch = (model_runner(hf_dir, config, tokenizer, _TEMPERATURE.value) if hf_dir
                  else scripted_runner(teacher, config, tokenizer))

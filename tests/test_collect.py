@@ -192,7 +192,8 @@ def test_hf_teacher_samples_at_its_temperature_and_round_trips(tmp_path, monkeyp
   real_loop = collect.episode.EpisodeLoop
   monkeypatch.setattr(collect.episode, "EpisodeLoop", lambda *args, **kwargs: (
       samplings.append(kwargs["sampling"]), real_loop(*args, **kwargs))[1])
-  tokenizer = collect.resolve_tokenizer(config.tokenizer, hf_dir)
+  tokenizer = tokenizer_lib.load_tokenizer(
+      tokenizer_lib.resolve_tokenizer_dir(config.tokenizer, hf_dir))
   contexts = collect.load_contexts(config, None, limit=2)
   out = str(tmp_path / "sft.jsonl")
   counts = collect.collect(contexts, collect.model_runner(hf_dir, config, tokenizer, 0.6),

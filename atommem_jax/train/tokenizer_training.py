@@ -10,7 +10,6 @@ from atommem_jax.agent import oracle
 from atommem_jax.data import multihop
 from atommem_jax.data import tokenizer as tokenizer_lib
 
-SYNTHETIC_TOKENIZER = "synthetic"  # config field tokenizer's value for this tokenizer
 _CORPUS_EPISODES = 512  # oracle episodes whose prompts and responses join the BPE corpus
 
 
