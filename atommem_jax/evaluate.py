@@ -13,20 +13,22 @@ also config.model.hf_dir), or, with neither, a random init of config.model.prese
 and "memagent" are the scripted teachers of `agent.oracle` run through the same jitted
 episode loop: an upper bound and a workflow baseline.
 
-Writes to --out: summary.json (per dataset: EM, F1, reward, documents per context,
-operation usage), summary.png (EM/F1 and operations per dataset) and episodes.md (every
-step of every episode: what the agent saw, its response, the parsed actions and the store
-after the step). JAX and the data libraries are imported only after the flags are checked,
-so a bad flag is reported at once. Single host: episodes are summarised where they ran.
+The episodes run through `train.evaluation.evaluate`, the function (seeding and summary
+layout) of the training run's evaluations: on a run's checkpoint and held-out contexts this
+CLI's row equals the run's row in evaluations.json (answer_retrieved aside: only this CLI
+traces the reads). Writes to --out: summary.json (per dataset that row: EM, F1, reward,
+answer recall, documents per context, operation usage), summary.png (EM/F1 and operations
+per dataset) and episodes.md (every step of every episode: what the agent saw, its response,
+the parsed actions and the store after the step). JAX and the data libraries are imported
+only after the flags are checked, so a bad flag is reported at once. `run` does the work
+from values (no flags). Single host: the episode log holds the episodes that ran here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
-import sys
 from typing import Sequence
 
 from absl import app
@@ -35,57 +37,48 @@ from ml_collections import config_flags
 
 from atommem_jax import fileio
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training run directory (orbax checkpoints)")
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face Qwen3 checkpoint directory")
-_DATA = flags.DEFINE_multi_string("data", None, "LongContext .jsonl/.parquet file, or 'synthetic'")
-_OUT = flags.DEFINE_string("out", "eval", "output directory")
-_LIMIT = flags.DEFINE_integer("limit", None, "evaluate the first N contexts of each file")
-_POLICY = flags.DEFINE_enum("policy", "model", ["model", "oracle", "memagent"],
-                            "the trained model (greedy) or a scripted teacher")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The CLI's flags: defined when it runs, not on import (tests import every CLI module
+  into one process, and two modules defining --config would clash)."""
+  config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)")
+  flags.DEFINE_string("checkpoint", None, "training run directory (orbax checkpoints)")
+  flags.DEFINE_string("hf_dir", None, "Hugging Face Qwen3 checkpoint directory")
+  flags.DEFINE_multi_string("data", None, "LongContext .jsonl/.parquet file, or 'synthetic'")
+  flags.DEFINE_string("out", "eval", "output directory")
+  flags.DEFINE_integer("limit", None, "evaluate the first N contexts of each file")
+  flags.DEFINE_enum("policy", "model", ["model", "oracle", "memagent"],
+                    "the trained model (greedy) or a scripted teacher")
+
 
 SYNTHETIC = "synthetic"
 _SHOWN_CHARS = 400  # chunk and memory texts are cut to this in episodes.md
 
 
 def _check_flags() -> None:
-  if _CONFIG.value is None:
+  if FLAGS.config is None:
     raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
-  if _CHECKPOINT.value and _HF_DIR.value:
+  if FLAGS.checkpoint and FLAGS.hf_dir:
     raise app.UsageError("give either --checkpoint (a training run) or --hf_dir (a Hugging "
                          "Face directory), not both")
-  if not _DATA.value:
+  if not FLAGS.data:
     raise app.UsageError("--data is required: a LongContext file or 'synthetic' (repeatable)")
-  for path in _DATA.value:
+  for path in FLAGS.data:
     if path != SYNTHETIC and not fileio.isfile(path):
       raise app.UsageError(f"--data {path}: no such file; build one with `python -m "
                            "atommem_jax.data.build` or pass 'synthetic'")
-  for name, path in (("checkpoint", _CHECKPOINT.value), ("hf_dir", _HF_DIR.value)):
+  for name, path in (("checkpoint", FLAGS.checkpoint), ("hf_dir", FLAGS.hf_dir)):
     if path and not fileio.isdir(path):
       raise app.UsageError(f"--{name} {path}: no such directory")
-  if _LIMIT.value is not None and _LIMIT.value < 1:
-    raise app.UsageError(f"--limit {_LIMIT.value}: must be >= 1")
+  if FLAGS.limit is not None and FLAGS.limit < 1:
+    raise app.UsageError(f"--limit {FLAGS.limit}: must be >= 1")
 
 
-def _load_tokenizer(config, model_dir: str | None):
-  """The config's tokenizer: "qwen3", a directory, or "synthetic" (saved with the model)."""
-  from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  name = config.tokenizer
-  if name == "qwen3":
-    return tokenizer_lib.load_tokenizer()
-  if name == SYNTHETIC:
-    if model_dir and fileio.isfile(fileio.join(model_dir, "tokenizer_config.json")):
-      return tokenizer_lib.load_tokenizer(model_dir)
-    raise app.UsageError("config tokenizer='synthetic' is trained with the model; pass "
-                         "--hf_dir/--checkpoint of a directory holding its tokenizer files, or "
-                         "--config.tokenizer=qwen3 / a tokenizer directory")
-  if not fileio.isdir(name):
-    raise app.UsageError(f"config field tokenizer={name!r}: not 'qwen3', 'synthetic' or an "
-                         "existing tokenizer directory")
-  return tokenizer_lib.load_tokenizer(name)
-
-
-def _load_contexts(config, path: str):
+def load_contexts(config, path: str, limit: int | None = None):
+  """The LongContexts of a file, or of 'synthetic' (training's held-out contexts); the first
+  `limit` of them when given."""
   from atommem_jax.data import multihop  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import contexts as contexts_lib  # pylint: disable=g-import-not-at-top
   if path != SYNTHETIC:
@@ -96,15 +89,15 @@ def _load_contexts(config, path: str):
   else:
     if config.data.synthetic.eval_contexts < 1:
       raise app.UsageError("--data synthetic needs config.data.synthetic.eval_contexts >= 1")
-    try:  # the held-out contexts of training's evaluations
+    try:
       contexts = contexts_lib.synthetic_contexts(config, "eval")
     except ValueError as e:
       raise app.UsageError(f"config section data.synthetic: {e}") from e
-  return contexts[:_LIMIT.value] if _LIMIT.value else contexts
+  return contexts[:limit] if limit else contexts
 
 
-def _restore_params(directory: str, model_config, mesh):
-  """Params of the newest complete step of a training run, cast to the rollout dtype."""
+def restore_params(directory: str, model_config, mesh):
+  """Params of the newest complete step of a training run, in `model_config`'s dtypes."""
   from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   with checkpoint_lib.Checkpointer(directory) as manager:
@@ -116,17 +109,17 @@ def _restore_params(directory: str, model_config, mesh):
   return params
 
 
-def _load_model(config, mesh, tokenizer, checkpoint_dir: str | None, trained):
-  """(model config, params) from --checkpoint, --hf_dir / model.hf_dir, or random init.
+def load_model(config, mesh, tokenizer, *, hf_dir: str | None, checkpoint_dir: str | None,
+               trained):
+  """(model config, params) from `hf_dir`, a run's orbax `checkpoint_dir`, or random init.
 
-  With --checkpoint, `checkpoint_dir` is its orbax directory and `trained` the run's recorded
-  model config (`run_files.trained_model`), used over the config file's when there is one.
+  With a checkpoint, `trained` is the run's recorded model config (`run_files.trained_model`),
+  used over the config file's when there is one.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import qwen3  # pylint: disable=g-import-not-at-top
-  hf_dir = _HF_DIR.value or (None if _CHECKPOINT.value else config.model.hf_dir or None)
   if hf_dir:
     model_config, params = hf.load_hf(
         hf_dir, config.model.rollout_dtype, mesh=mesh,
@@ -134,7 +127,7 @@ def _load_model(config, mesh, tokenizer, checkpoint_dir: str | None, trained):
   elif checkpoint_dir is not None:
     model_config = (trained[0].replace(**config_lib.execution_fields(config, rollout=True))
                     if trained is not None else config_lib.model_config(config, rollout=True))
-    params = _restore_params(checkpoint_dir, model_config, mesh)
+    params = restore_params(checkpoint_dir, model_config, mesh)
   else:
     model_config = config_lib.model_config(config, rollout=True)
     print(f"no --checkpoint or --hf_dir: random init of preset {config.model.preset!r}")
@@ -146,86 +139,69 @@ def _load_model(config, mesh, tokenizer, checkpoint_dir: str | None, trained):
   return model_config, params
 
 
-def _make_loop(config, tokenizer, model_config, mesh):
+def scripted_policy(policy: str, config, tokenizer):
+  """The policy factory of a scripted teacher ("oracle", "memagent"); None for "model"."""
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.agent import oracle  # pylint: disable=g-import-not-at-top
-  from atommem_jax.memory import embed  # pylint: disable=g-import-not-at-top
-  from atommem_jax.rollout import episode  # pylint: disable=g-import-not-at-top
-  from atommem_jax.rollout import host  # pylint: disable=g-import-not-at-top
-  env_config = config_lib.env_config(config)
   options = config_lib.oracle_options(config)
-  policies = {"oracle": lambda: oracle.OraclePolicy(enabled=env_config.enabled_actions,
-                                                    **options),
-              "memagent": lambda: oracle.MemAgentPolicy(tokenizer,
-                                                        boxed_space=options["boxed_space"])}
-  make_policy = policies.get(_POLICY.value)
-  sampling = config_lib.sampling_config(config, eos_ids=host.eos_token_ids(tokenizer),
-                                        pad_id=tokenizer.pad_token_id, greedy=True)
-  if make_policy is not None:  # Teachers write long responses; the env cuts them there anyway.
-    sampling = dataclasses.replace(sampling, max_new_tokens=env_config.max_response_chars)
-  return episode.EpisodeLoop(
-      model_config, tokenizer, env_config, embed.make_embedder(config.embedder),
-      batch_size=config.eval.batch_size, prompt_buckets=tuple(config.rollout.prompt_buckets),
-      sampling=sampling, mesh=mesh, make_policy=make_policy, trace=True)
+  enabled = config_lib.env_config(config).enabled_actions
+  return {"oracle": lambda: oracle.OraclePolicy(enabled=enabled, **options),
+          "memagent": lambda: oracle.MemAgentPolicy(tokenizer,
+                                                    boxed_space=options["boxed_space"]),
+          }.get(policy)
 
 
-def _evaluate(loop, params, contexts, name: str, seed: int):
-  """Rollouts of every context, in batches of the loop's batch size."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import tqdm  # pylint: disable=g-import-not-at-top
-  rollouts, seconds = [], 0.0
-  batches = range(0, len(contexts), loop.batch_size)
-  for start in tqdm.tqdm(batches, desc=f"evaluating {name}", unit="batch", file=sys.stderr,
-                         disable=len(batches) < 2):
-    batch = contexts[start:start + loop.batch_size]
-    rollout = loop.run(params, batch, jax.random.key(seed + start))
-    rollouts.extend(rollout.episodes)
-    seconds += rollout.seconds
-  return rollouts, seconds
-
-
-def answer_recall(context, rollout) -> tuple[list[float], list[float]]:
-  """Per question: is a gold answer in the final store; was it among the memories that the
-  question's answer steps retrieved (an empty list without traced observations)."""
-  from atommem_jax.agent import reward  # pylint: disable=g-import-not-at-top
-  in_store = [reward.answer_in_texts(q.answers, [m.text for m in rollout.result.memories])
-              for q in context.questions]
-  retrieved = [reward.answer_in_texts(q.answers, [
-      m.text for o in rollout.observations if o.phase == "answer" and o.question_index == i
-      for m in o.retrieved]) for i, q in enumerate(context.questions)]
-  return in_store, retrieved if rollout.observations else []
-
-
-def dataset_summary(contexts, rollouts, seconds: float) -> dict:
-  """EM / F1 / reward means, answer recall, sizes and operation usage of one dataset's episodes.
-
-  answer_in_store: share of questions whose gold answer occurs in the final store;
-  answer_retrieved: share whose gold answer was among the memories their answer steps read.
-  Both are upper bounds (a memory about something else that names the answer also counts).
-  EM far below them means the policy did not give an answer it could have read; EM near them
-  means what it failed at was storing or finding it.
-  """
-  from atommem_jax.agent import stats  # pylint: disable=g-import-not-at-top
-  exact_match = [em for r in rollouts for em in r.result.exact_match]
-  f1 = [score for r in rollouts for score in r.result.f1]
-  in_store, retrieved = [], []
-  for context, rollout in zip(contexts, rollouts):
-    store_part, retrieved_part = answer_recall(context, rollout)
-    in_store += store_part
-    retrieved += retrieved_part
-  return {
-      "contexts": len(contexts),
-      "questions": len(exact_match),
-      "documents_per_context": sum(len(c.documents) for c in contexts) / len(contexts),
-      "exact_match": sum(exact_match) / len(exact_match),
-      "answer_in_store": sum(in_store) / len(in_store),
-      "answer_retrieved": sum(retrieved) / len(retrieved) if retrieved else None,
-      "f1": sum(f1) / len(f1),
-      "reward": sum(r.result.reward for r in rollouts) / len(rollouts),
-      "operations": stats.summarize([r.result.stats for r in rollouts]),
-      "seconds": seconds,
-      "episodes_per_second": len(rollouts) / seconds if seconds else 0.0,
-  }
+def run(config, data: Sequence[str], out: str, *, checkpoint: str | None = None,
+        hf_dir: str | None = None, limit: int | None = None, policy: str = "model") -> dict:
+  """Evaluates `policy` on every `data` file (or 'synthetic'); writes summary.json,
+  summary.png and episodes.md to `out`; returns the summary."""
+  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.memory import embed  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import evaluation  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
+  mesh = config_lib.make_mesh(config)
+  checkpoint_dir, trained = None, None
+  if checkpoint:
+    checkpoint_dir, workdir = run_files.find_checkpoints(checkpoint)
+    trained = run_files.trained_model(workdir)
+  hf_dir = hf_dir or (None if checkpoint else config.model.hf_dir or None)
+  try:  # the tokenizer the run recorded, else the model directory's, else the config's
+    tokenizer_dir = (trained[1] if trained is not None else
+                     tokenizer_lib.resolve_tokenizer_dir(config.tokenizer, hf_dir or checkpoint))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  tokenizer = tokenizer_lib.load_tokenizer(tokenizer_dir)
+  model_config, params = (load_model(config, mesh, tokenizer, hf_dir=hf_dir,
+                                     checkpoint_dir=checkpoint_dir, trained=trained)
+                          if policy == "model" else (None, None))
+  loop = evaluation.evaluation_loop(config, model_config, tokenizer,
+                                    config_lib.env_config(config),
+                                    embed.make_embedder(config.embedder), mesh,
+                                    make_policy=scripted_policy(policy, config, tokenizer),
+                                    trace=True)
+  fileio.makedirs(out)
+  summary = {"policy": policy,
+             "weights": checkpoint or hf_dir or f"random init of {config.model.preset}",
+             "tokenizer": tokenizer_dir, "embedder": config.embedder,
+             "mesh": dict(mesh.shape), "datasets": {}}
+  log = [f"# Episodes of policy {policy!r}", ""]
+  for path in data:
+    name = SYNTHETIC if path == SYNTHETIC else os.path.splitext(os.path.basename(path))[0]
+    result = evaluation.evaluate(loop, params, load_contexts(config, path, limit),
+                                 seed=config.seed, progress=f"evaluating {name}")
+    summary["datasets"][name] = row = result.summary
+    for context, rollout in result.episodes:
+      log += episode_log(name, context, rollout)
+    print(f"{name}: {row['contexts']} contexts, {row['questions']} questions, "
+          f"{row['documents_per_context']:.0f} documents per context: "
+          f"EM {row['exact_match']:.3f} F1 {row['f1']:.3f}; answer in store "
+          f"{row['answer_in_store']:.3f}, retrieved {row['answer_retrieved'] or 0:.3f}")
+  fileio.write_text(fileio.join(out, "summary.json"), json.dumps(summary, indent=2))
+  write_plot(summary, fileio.join(out, "summary.png"))
+  fileio.write_text(fileio.join(out, "episodes.md"), "\n".join(log) + "\n")
+  print(f"wrote summary.json, summary.png and episodes.md to {out}")
+  return summary
 
 
 _PLOTTED_OPERATIONS = ("creates", "reads", "updates", "deletes", "num_invalid",
@@ -249,7 +225,7 @@ def write_plot(summary: dict, path: str) -> None:
   scores.legend()
   width = 0.8 / len(_PLOTTED_OPERATIONS)
   for i, operation in enumerate(_PLOTTED_OPERATIONS):
-    values = [summary["datasets"][n]["operations"].get(operation, 0.0) for n in names]
+    values = [summary["datasets"][n].get(operation, 0.0) for n in names]
     operations.bar(x + (i - len(_PLOTTED_OPERATIONS) / 2 + 0.5) * width, values, width,
                    label=operation)
   operations.set(xticks=x, xticklabels=names, ylabel="per episode",
@@ -316,52 +292,17 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _check_flags()
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
+  config = FLAGS.config
   try:
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from e
   config_lib.request_cpu_devices(config)
-  mesh = config_lib.make_mesh(config)
-  checkpoint_dir, trained = None, None
-  if _CHECKPOINT.value:
-    from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
-    checkpoint_dir, workdir = run_files.find_checkpoints(_CHECKPOINT.value)
-    trained = run_files.trained_model(workdir)
-  if trained is not None:  # the tokenizer the run trained with
-    from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-    tokenizer = tokenizer_lib.load_tokenizer(trained[1])
-  else:
-    tokenizer = _load_tokenizer(config, _HF_DIR.value or _CHECKPOINT.value or
-                                config.model.hf_dir or None)
-  model_config, params = (_load_model(config, mesh, tokenizer, checkpoint_dir, trained)
-                          if _POLICY.value == "model" else (None, None))
-  loop = _make_loop(config, tokenizer, model_config, mesh)
-  fileio.makedirs(_OUT.value)
-  summary = {"policy": _POLICY.value,
-             "weights": _CHECKPOINT.value or _HF_DIR.value or config.model.hf_dir or
-                        f"random init of {config.model.preset}",
-             "tokenizer": config.tokenizer, "embedder": config.embedder,
-             "mesh": dict(mesh.shape), "datasets": {}}
-  log = [f"# Episodes of policy {_POLICY.value!r}", ""]
-  for path in _DATA.value:
-    name = SYNTHETIC if path == SYNTHETIC else os.path.splitext(os.path.basename(path))[0]
-    contexts = _load_contexts(config, path)
-    rollouts, seconds = _evaluate(loop, params, contexts, name, config.seed)
-    summary["datasets"][name] = dataset_summary(contexts, rollouts, seconds)
-    for context, rollout in zip(contexts, rollouts):
-      log += episode_log(name, context, rollout)
-    result = summary["datasets"][name]
-    print(f"{name}: {result['contexts']} contexts, {result['questions']} questions, "
-          f"{result['documents_per_context']:.0f} documents per context: "
-          f"EM {result['exact_match']:.3f} F1 {result['f1']:.3f}; answer in store "
-          f"{result['answer_in_store']:.3f}, retrieved {result['answer_retrieved'] or 0:.3f}")
-  fileio.write_text(fileio.join(_OUT.value, "summary.json"), json.dumps(summary, indent=2))
-  write_plot(summary, fileio.join(_OUT.value, "summary.png"))
-  fileio.write_text(fileio.join(_OUT.value, "episodes.md"), "\n".join(log) + "\n")
-  print(f"wrote summary.json, summary.png and episodes.md to {_OUT.value}")
+  run(config, FLAGS.data, FLAGS.out, checkpoint=FLAGS.checkpoint, hf_dir=FLAGS.hf_dir,
+      limit=FLAGS.limit, policy=FLAGS.policy)
 
 
 if __name__ == "__main__":
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+  define_flags()
   app.run(main, flags_parser=config_lib.parse_flags)

@@ -7,7 +7,9 @@ r"""Exports a training run's checkpoint as a Hugging Face Qwen3 directory.
 latest stage (GRPO when it has a complete step, else SFT). The model config and tokenizer
 come from the files the run wrote to its workdir (model_config.json, run.json); --config
 is only needed for checkpoints written outside `python -m atommem_jax.train` (the model
-then comes from the config's model section, the tokenizer from its tokenizer field).
+then comes from the config's model section, the tokenizer from its tokenizer field); its
+fields can be set with --config.FIELD=VALUE like the other CLIs'. `export` does the work from
+values (no flags).
 """
 
 from __future__ import annotations
@@ -21,67 +23,82 @@ from ml_collections import config_flags
 
 from atommem_jax import fileio
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "run workdir or checkpoint directory")
-_OUT = flags.DEFINE_string("out", None, "output Hugging Face directory")
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest complete one)")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (optional)")
+FLAGS = flags.FLAGS
 
 
-def _model_and_tokenizer(workdir: str | None):
-  """(Qwen3Config, tokenizer dir) from the run's files, else from --config."""
+def define_flags() -> None:
+  """The CLI's flags: defined when it runs, not on import (tests import every CLI module
+  into one process, and two modules defining --config would clash)."""
+  flags.DEFINE_string("checkpoint", None, "run workdir or checkpoint directory")
+  flags.DEFINE_string("out", None, "output Hugging Face directory")
+  flags.DEFINE_integer("step", None, "checkpoint step (default: the newest complete one)")
+  config_flags.DEFINE_config_file("config", None, "experiment config (optional)")
+
+
+def model_and_tokenizer(workdir: str | None, config, checkpoint: str):
+  """(Qwen3Config, tokenizer dir) from the run's files in `workdir`, else from `config` (the
+  model section; tokenizer field as `tokenizer_lib.resolve_tokenizer_dir` reads it)."""
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
   trained = run_files.trained_model(workdir)
   if trained is not None:
     return trained
-  if _CONFIG.value is None:
-    raise app.UsageError(f"--checkpoint {_CHECKPOINT.value}: no {run_files.MODEL_CONFIG_FILE} in "
-                         "the run's workdir; pass --config with the run's config file")
-  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError(f"--checkpoint {checkpoint}: no {run_files.MODEL_CONFIG_FILE} in the "
+                         "run's workdir; pass --config with the run's config file")
   try:
-    model_config = config_lib.model_config(config)
-  except config_lib.ConfigError as e:
+    return (config_lib.model_config(config),
+            tokenizer_lib.resolve_tokenizer_dir(config.tokenizer, workdir))
+  except (config_lib.ConfigError, ValueError) as e:
     raise app.UsageError(str(e)) from e
-  tokenizer = config.tokenizer
-  tokenizer_dir = tokenizer_lib.qwen3_tokenizer_dir() if tokenizer == "qwen3" else tokenizer
-  if not fileio.isdir(tokenizer_dir):
-    raise app.UsageError(f"config field tokenizer={tokenizer!r}: give 'qwen3' or a tokenizer "
-                         "directory to copy into the export")
-  return model_config, tokenizer_dir
+
+
+def export(checkpoint: str, out: str, *, config=None, step: int | None = None) -> int:
+  """Writes step `step` (default: the newest complete one) of the run or checkpoint directory
+  `checkpoint` to the Hugging Face directory `out`; returns the step."""
+  from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
+  directory, workdir = run_files.find_checkpoints(checkpoint)
+  with checkpoint_lib.Checkpointer(directory) as manager:
+    if manager.latest_step() is None:
+      raise app.UsageError(f"--checkpoint {checkpoint}: no complete checkpoint step under "
+                           f"{directory}")
+    model_config, tokenizer_dir = model_and_tokenizer(workdir, config, checkpoint)
+    target = state_lib.abstract_params(model_config, state_lib.single_device_mesh())
+    step = step if step is not None else manager.latest_step()
+    try:
+      params, meta = manager.restore_params(target, step=step)
+    except FileNotFoundError as e:
+      raise app.UsageError(str(e)) from e
+  hf.save_hf(model_config, params, out, tokenizer_dir=tokenizer_dir)
+  print(f"exported step {step} ({meta.get('stage', '?')} stage) of {directory} to {out}")
+  return step
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _CHECKPOINT.value or not _OUT.value:
+  if not FLAGS.checkpoint or not FLAGS.out:
     raise app.UsageError("--checkpoint DIR and --out HF_DIR are required")
-  if not fileio.isdir(_CHECKPOINT.value):
-    raise app.UsageError(f"--checkpoint {_CHECKPOINT.value}: no such directory; give a training "
+  if not fileio.isdir(FLAGS.checkpoint):
+    raise app.UsageError(f"--checkpoint {FLAGS.checkpoint}: no such directory; give a training "
                          "run's workdir or one of its checkpoint directories")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
-  directory, workdir = run_files.find_checkpoints(_CHECKPOINT.value)
-  manager = checkpoint_lib.Checkpointer(directory)
-  if manager.latest_step() is None:
-    raise app.UsageError(f"--checkpoint {_CHECKPOINT.value}: no complete checkpoint step under "
-                         f"{directory}")
-  model_config, tokenizer_dir = _model_and_tokenizer(workdir)
-  target = state_lib.abstract_params(model_config, state_lib.single_device_mesh())
-  try:
-    step = _STEP.value if _STEP.value is not None else manager.latest_step()
-    params, meta = manager.restore_params(target, step=step)
-  except FileNotFoundError as e:
-    raise app.UsageError(str(e)) from e
-  finally:
-    manager.close()
-  hf.save_hf(model_config, params, _OUT.value, tokenizer_dir=tokenizer_dir)
-  print(f"exported step {step} ({meta.get('stage', '?')} stage) of {directory} to {_OUT.value}")
+  config = FLAGS.config
+  if config is not None:
+    from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+    try:
+      config_lib.validate(config)
+    except config_lib.ConfigError as e:
+      raise app.UsageError(str(e)) from e
+  export(FLAGS.checkpoint, FLAGS.out, config=config, step=FLAGS.step)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main, flags_parser=config_lib.parse_flags)

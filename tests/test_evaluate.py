@@ -11,14 +11,20 @@ import jax
 import numpy as np
 import pytest
 
+from atommem_jax import config_lib as experiment_config
 from atommem_jax import evaluate
 from atommem_jax.data import multihop
+from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.data.tokenizer import qwen3_tokenizer_dir
 from atommem_jax.model import config as config_lib
 from atommem_jax.model import hf
 from atommem_jax.model import qwen3
 from atommem_jax.model import sharding
 from atommem_jax.train import checkpoint as checkpoint_lib
+from atommem_jax.train import contexts as contexts_lib
+from atommem_jax.train import evaluation
+from atommem_jax.train import setup
+from atommem_jax.train import stages
 from atommem_jax.train import state as state_lib
 import _paths
 
@@ -50,12 +56,12 @@ def _check_outputs(out, datasets) -> dict:
   summary = json.loads((out / "summary.json").read_text())
   assert sorted(summary["datasets"]) == sorted(datasets)
   for result in summary["datasets"].values():
-    for field in ("contexts", "questions", "documents_per_context", "exact_match", "f1",
-                  "reward", "episodes_per_second"):
+    for field in ("contexts", "episodes", "questions", "documents_per_context", "exact_match",
+                  "f1", "reward", "seconds"):
       assert field in result
     assert 0.0 <= result["answer_in_store"] <= 1.0 and 0.0 <= result["answer_retrieved"] <= 1.0
     for field in ("creates", "reads", "updates", "deletes", "final_store_size", "num_invalid"):
-      assert field in result["operations"]
+      assert field in result
   log = (out / "episodes.md").read_text()
   assert "### step 0" in log and "store after the step" in log
   assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
@@ -73,7 +79,7 @@ def test_oracle_through_the_cli_is_near_perfect(tmp_path):
   assert synthetic["contexts"] == 4 and synthetic["documents_per_context"] == 6
   assert synthetic["exact_match"] >= 0.75
   assert summary["datasets"]["hotpot_small"]["contexts"] == 3
-  assert synthetic["operations"]["creates"] > 0
+  assert synthetic["creates"] > 0
   assert "EM" in run.stdout
 
 
@@ -113,8 +119,7 @@ def test_checkpoint_params_are_restored_in_the_rollout_dtype(tmp_path):
     checkpointer.save(state, step=5)
   rollout_config = config.replace(param_dtype="bfloat16", dtype="bfloat16")
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  restore = evaluate._restore_params  # pylint: disable=protected-access
-  params = restore(str(tmp_path), rollout_config, mesh)
+  params = evaluate.restore_params(str(tmp_path), rollout_config, mesh)
   for restored, saved in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
     assert restored.dtype == np.dtype("bfloat16")
     np.testing.assert_array_equal(np.asarray(restored, np.float32),
@@ -149,6 +154,44 @@ def test_answer_recall_counts_the_store_and_each_questions_own_reads():
   rollout = NS(result=NS(memories=memories), observations=observations)
   # q0: in the store and read; q1: an alias in the store, never read; q2: neither ("Dasom"
   # is another word, and the read-phase "Daso" belongs to no answer step).
-  assert evaluate.answer_recall(context, rollout) == ([1.0, 1.0, 0.0], [1.0, 0.0, 0.0])
+  assert evaluation.answer_recall(context, rollout) == ([1.0, 1.0, 0.0], [1.0, 0.0, 0.0])
   untraced = NS(result=NS(memories=memories), observations=())
-  assert evaluate.answer_recall(context, untraced) == ([1.0, 1.0, 0.0], [])
+  assert evaluation.answer_recall(context, untraced) == ([1.0, 1.0, 0.0], [])
+
+
+_BPE_TEXTS = ["Document 1:\nVipe\nVipe lives in Puli. Vipe works for Gobe.",
+              "Question: Where does the employer of Vipe live? Gobe is based in Puli."] * 20
+
+
+@pytest.mark.slow
+def test_the_train_loop_and_the_cli_give_one_row_for_one_checkpoint(tmp_path):
+  """The train loop's evaluator (stages.make_evaluator) and `evaluate.run --checkpoint` on
+  the run's checkpoint and held-out contexts: the same row, field for field (the CLI also
+  traces the reads, for answer_retrieved). Two batches of the loop's batch size, so the
+  per-batch seeding is exercised."""
+  tokenizer_dir = str(tmp_path / "bpe")
+  tokenizer_lib.train_bpe_tokenizer(_BPE_TEXTS, vocab_size=400, out_dir=tokenizer_dir)
+  config = experiment_config.load_config_file("tiny")
+  config.tokenizer = tokenizer_dir
+  config.mesh.update(data=-1, fsdp=1, cpu_devices=0)
+  config.data.synthetic.update(eval_contexts=3)
+  config.eval.batch_size = 2
+  config.env.max_steps = 6
+  config.rollout.update(max_new_tokens=6, prompt_buckets=(256,))
+  workdir = str(tmp_path / "run")
+  job = setup.prepare(config, workdir)
+  params = setup.initial_params(job, jax.random.key(3))
+  optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig())
+  state = state_lib.create_train_state(job.model_config, params, optimizer, job.mesh)
+  with stages.checkpointer(job, stages.SFT) as manager:
+    manager.save(state, {"stage": stages.SFT, "stage_step": 1}, step=1, force=True)
+  contexts = contexts_lib.load_contexts(config, "eval")
+  assert len(contexts) == 3
+  train_row = stages.make_evaluator(job, contexts)(state.params, "sft", 1)
+  job.writer.close()
+  cli_row = evaluate.run(config, ["synthetic"], str(tmp_path / "eval"),
+                         checkpoint=workdir)["datasets"]["synthetic"]
+  assert train_row["answer_retrieved"] is None and cli_row["answer_retrieved"] is not None
+  untimed = lambda row: {k: v for k, v in row.items() if k not in ("seconds", "answer_retrieved")}
+  assert untimed(cli_row) == untimed(train_row)
+  assert train_row["contexts"] == train_row["episodes"] == 3 and train_row["steps"] > 0

@@ -101,7 +101,8 @@ def test_train_end_to_end_and_export(tmp_path):
 
   # `evaluate --checkpoint` rebuilds the model the run trained (configs/tiny.py overrides the
   # preset's architecture and grows the vocab to its tokenizer) and replays the run's own
-  # final evaluation: the same held-out contexts, greedy, so the same results.
+  # final evaluation through the same function: the same row, field for field (only the CLI
+  # traces the reads behind answer_retrieved; evaluations.json adds the step).
   out = str(tmp_path / "eval")
   result = _run([sys.executable, "-m", "atommem_jax.evaluate", "--config",
                  os.path.join(REPO, "configs", "tiny.py"), *MICRO, "--checkpoint", workdir,
@@ -111,13 +112,10 @@ def test_train_end_to_end_and_export(tmp_path):
     replay = json.load(f)["datasets"]["synthetic"]
   with open(os.path.join(workdir, "evaluations.json")) as f:
     final = json.load(f)["grpo"]
-  assert replay["contexts"] == 4
-  for field, replayed in (("exact_match", replay["exact_match"]), ("f1", replay["f1"]),
-                          ("answer_in_store", replay["answer_in_store"]),
-                          ("creates", replay["operations"]["creates"]),
-                          ("invalid", replay["operations"]["num_invalid"]),
-                          ("store_size", replay["operations"]["final_store_size"])):
-    assert replayed == pytest.approx(final[field]), field
+  assert replay["contexts"] == 4 and replay["answer_retrieved"] is not None
+  untimed = lambda row: {k: v for k, v in row.items()
+                         if k not in ("seconds", "answer_retrieved", "step")}
+  assert untimed(replay) == untimed(final)
 
 
 def test_a_rerun_keeps_the_cached_evaluations_of_kept_stages_only(tmp_path):

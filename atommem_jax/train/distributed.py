@@ -104,12 +104,10 @@ def local_batch_shards(mesh: Mesh, rules: sharding.Rules = sharding.DEFAULT_RULE
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeOutcome:
-  """What summaries need of one episode: its result without trajectory and memories, and the
-  texts of the memories it ended with."""
+  """What summaries need of one episode: its result without trajectory and memories."""
   episode: int
   result: env_lib.EpisodeResult
   response_lengths: tuple[int, ...]
-  final_memories: tuple[str, ...] = ()
 
 
 def from_json(kind: Any, value: Any) -> Any:
@@ -131,8 +129,7 @@ def gather_outcomes(episodes: Sequence[host_lib.EpisodeRollout]) -> list[Episode
   """Every process's episodes, by episode index, as `EpisodeOutcome`s."""
   local = [EpisodeOutcome(e.episode,
                           dataclasses.replace(e.result, trajectory=(), memories=()),
-                          tuple(len(ids) for ids in e.response_token_ids),
-                          tuple(m.text for m in e.result.memories))
+                          tuple(len(ids) for ids in e.response_token_ids))
            for e in episodes]
   if jax.process_count() == 1:
     return sorted(local, key=lambda outcome: outcome.episode)

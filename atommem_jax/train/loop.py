@@ -67,7 +67,7 @@ def _forget_evaluations(workdir: str, evaluations: dict, names: tuple[str, ...])
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
   """A plain-text table of evaluation summaries (one row per policy)."""
   columns = ("exact_match", "answer_in_store", "f1", "creates", "reads", "updates", "deletes",
-             "store_size", "invalid")
+             "final_store_size", "num_invalid")
   widths = [max(12, len(c) + 1) for c in columns]
   lines = [f"{'policy':<22}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
   for name, summary in rows:

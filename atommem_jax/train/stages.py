@@ -22,13 +22,13 @@ import tqdm
 
 from atommem_jax import config_lib
 from atommem_jax import fileio
-from atommem_jax.agent import reward as reward_lib
 from atommem_jax.agent import stats as stats_lib
 from atommem_jax.rollout import episode as episode_lib
 from atommem_jax.train import batch as batch_lib
 from atommem_jax.train import checkpoint as checkpoint_lib
 from atommem_jax.train import contexts as contexts_lib
 from atommem_jax.train import distributed
+from atommem_jax.train import evaluation
 from atommem_jax.train import losses
 from atommem_jax.train import metrics as metrics_lib
 from atommem_jax.train import setup
@@ -43,7 +43,7 @@ _ROW_QUANTUM = 16  # GRPO batches are padded to a multiple of this many rows (fe
 _STATE_KEY_STEP = 2**32 - 1  # folded in for the TrainState's own key (never a step)
 
 Params = dict[str, Any]
-Evaluator = Callable[[Params, str, int], dict[str, float]]
+Evaluator = Callable[[Params, str, int], dict[str, Any]]
 
 
 class NonFiniteUpdateError(RuntimeError):
@@ -317,46 +317,20 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
   return state.params
 
 
-def evaluation_summary(outcomes: list[distributed.EpisodeOutcome], seconds: float,
-                       contexts) -> dict[str, float]:
-  """EM, F1, reward and operation usage of greedy evaluation episodes (of every process).
+def make_evaluator(job: Job, contexts) -> Evaluator:
+  """evaluate(params, name, step) -> summary: `evaluation.evaluate` of the held-out contexts
+  (greedy, seeded by config.seed), logged as eval/NAME/* at the run's `step`."""
+  loop = evaluation.evaluation_loop(job.config, job.rollout_config, job.tokenizer,
+                                    job.env_config, job.embedder, job.mesh)
 
-  Also `answer_in_store`: the share of questions (of the episodes' `contexts`, matched by id)
-  whose gold answer occurs in the final store, an upper bound on the EM of reading answers
-  off the store (a memory about something else that names the answer also counts).
-  """
-  results = [outcome.result for outcome in outcomes]
-  usage = stats_lib.summarize([r.stats for r in results])
-  by_id = {context.id: context for context in contexts}
-  in_store = [reward_lib.answer_in_texts(question.answers, outcome.final_memories)
-              for outcome in outcomes for question in by_id[outcome.result.context_id].questions]
-  return {"exact_match": float(np.mean([em for r in results for em in r.exact_match])),
-          "answer_in_store": float(np.mean(in_store)),
-          "f1": float(np.mean([f for r in results for f in r.f1])),
-          "reward": float(np.mean([r.reward for r in results])),
-          "creates": usage["creates"], "reads": usage["reads"], "updates": usage["updates"],
-          "deletes": usage["deletes"], "store_size": usage["final_store_size"],
-          "invalid": usage["num_invalid"], "episodes": float(len(results)), "seconds": seconds}
-
-
-def make_evaluator(job: Job, contexts, env_config=None) -> Evaluator:
-  """evaluate(params, name, step) -> summary: greedy episodes on the held-out contexts."""
-  loop = make_rollout_loop(job, job.config.eval.batch_size, greedy=True, env_config=env_config)
-
-  def evaluate(params: Params, name: str, step: int) -> dict[str, float]:
-    outcomes, seconds = [], 0.0
-    params = rollout_params(job, params)
-    for start in range(0, len(contexts), loop.batch_size):
-      rollout = loop.run(params, contexts[start:start + loop.batch_size],
-                         jax.random.key(job.config.seed))
-      outcomes += distributed.gather_outcomes(rollout.episodes)
-      seconds += rollout.seconds
-    summary = evaluation_summary(outcomes, seconds, contexts)
-    job.writer.write(step, summary, prefix=f"eval/{name}/")
+  def evaluate(params: Params, name: str, step: int) -> dict[str, Any]:
+    summary = evaluation.evaluate(loop, params, contexts, seed=job.config.seed).summary
+    job.writer.write(step, {field: value for field, value in summary.items()
+                            if value is not None}, prefix=f"eval/{name}/")
     job.log(f"eval {name}: EM {summary['exact_match']:.3f} F1 {summary['f1']:.3f}, answer in "
             f"store {summary['answer_in_store']:.3f} "
             f"(creates {summary['creates']:.2f}, updates {summary['updates']:.2f}, "
-            f"invalid {summary['invalid']:.2f} per episode; {seconds:.0f}s)")
+            f"invalid {summary['num_invalid']:.2f} per episode; {summary['seconds']:.0f}s)")
     return summary
 
   return evaluate
