@@ -28,8 +28,9 @@ at the base config's sizes (estimate, blockwise/cuDNN attention, loss_chunk 1024
 - sampler / episode loop, 8 episodes per GPU (8 questions x 8 rollouts over 8 GPUs) at
   16384 + 4096 tokens: 56.4 (KV cache 22.5, prefill layer 16.0, the GRPO state and
   reference resident 15.2).
-So sft.grad_accum stays 1 (4 rows per GPU would still be ~58 GiB) and a rollout of the whole
-GRPO batch at once fits. A GRPO batch holds every turn of its episodes as a row, so its
+At 8B the estimate reads 0.85-0.97 of XLA:TPU's figures for the same programs (BENCHMARKS.md),
+so the sampler may need ~66 GiB: still under 73.6. So sft.grad_accum stays 1 and a rollout
+of the whole GRPO batch at once fits. A GRPO batch holds every turn of its episodes as a row, so its
 rows per micro-batch are rows / (8 x grpo.grad_accum x grpo.num_minibatches): raise those
 when the batches' rows per GPU exceed what fits (the estimate adds ~12 GiB per 20k row:
 four fit).
