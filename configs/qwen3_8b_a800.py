@@ -1,7 +1,8 @@
 r"""The paper's run: Qwen3-8B, SFT then GRPO, on one node of 8 x A800 80GB (N nodes: HSDP).
 
   python -m atommem_jax.train --config configs/qwen3_8b_a800.py --workdir runs/a800 \
-      --config.model.hf_dir=/models/Qwen3-8B
+      --config.model.hf_dir=/models/Qwen3-8B \
+      --config.embedder=qwen3-embedding:/models/Qwen3-Embedding-0.6B
   sbatch --nodes=N launch/gpu_slurm.sh ...  (several nodes; see launch/README.md)
 
 Hyperparameters are the paper's (configs/base.py). Data: long contexts built from the
@@ -53,6 +54,9 @@ def get_config():
   c.model.update(preset="qwen3-8b", hf_dir="/path/to/Qwen3-8B", param_dtype="float32",
                  dtype="bfloat16", rollout_dtype="bfloat16", remat="full")
   c.mesh.update(data=-1, fsdp=8, tensor=1)
+  # A placeholder: the paper's embedder, a local download of Qwen/Qwen3-Embedding-0.6B, run by
+  # our Flax Qwen3 (memory/qwen3_embed.py; '?device=accelerator' puts it on a GPU, unmeasured).
+  c.embedder = "qwen3-embedding:/path/to/Qwen3-Embedding-0.6B"
   c.data.kind = "multihop"
   c.data.train_files = tuple(os.path.join(DATA_DIR, f"{name}_train_{NUM_DOCS}.jsonl")
                              for name in DATASETS)

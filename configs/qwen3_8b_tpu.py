@@ -1,10 +1,12 @@
 """The paper's run on a TPU v5p-32 slice: 16 chips (95 GB HBM each) on 4 hosts, FSDP over chips.
 
   TPU_NAME=my-v5p-32 ZONE=us-east5-a launch/tpu_pod.sh configs/qwen3_8b_tpu.py /mnt/shared/run \
-      --config.model.hf_dir=/home/me/Qwen3-8B
+      --config.model.hf_dir=/home/me/Qwen3-8B \
+      --config.embedder=qwen3-embedding:/home/me/Qwen3-Embedding-0.6B
 
 Everything but the mesh is configs/qwen3_8b_a800.py: the paper's hyperparameters, Qwen3-8B
-(model.hf_dir must exist on every host: copy it to each worker's disk), remat full, bf16
+(model.hf_dir and the embedder's directory must exist on every host: copy them to each
+worker's disk), Qwen3-Embedding run by our Flax Qwen3 on each host's CPU, remat full, bf16
 compute, and the same data files (also on every host).
 
 Memory per chip: `python -m atommem_jax.aot --config configs/qwen3_8b_tpu.py --topology

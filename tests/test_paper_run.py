@@ -26,6 +26,7 @@ import transformers
 from atommem_jax import config_lib
 from atommem_jax.data import multihop
 from atommem_jax.data import synthetic
+from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.model import hf
 from atommem_jax.model import qwen3
 from atommem_jax.train import contexts as contexts_lib
@@ -177,6 +178,17 @@ def test_the_placeholder_hf_dir_stops_the_run_at_once_saying_what_to_pass(tmp_pa
   assert not os.path.exists(tmp_path / "run")  # stopped before the workdir was made
 
 
+def test_the_placeholder_embedder_stops_the_run_at_once_saying_what_to_pass(checkpoint,
+                                                                             tmp_path):
+  result = _train(str(tmp_path / "run"), f"--config.model.hf_dir={checkpoint[1]}")
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if "config field embedder=" in line]
+  assert len(errors) == 1 and "/path/to/Qwen3-Embedding-0.6B does not exist" in errors[0]
+  assert "--config.embedder" in errors[0], errors[0]
+  assert not os.path.exists(tmp_path / "run")
+
+
 @pytest.mark.slow
 def test_a_checkpoint_of_the_stage_wins_over_hf_dir(checkpoint, tmp_path):
   """A run whose SFT checkpoint is complete never reads model.hf_dir's weights (here cut in
@@ -218,6 +230,10 @@ def test_paper_configs_build_their_job_and_both_stages_have_steps(checkpoint, tm
   _, hf_dir = checkpoint
   config = config_lib.load_config_file(name)
   config.model.hf_dir = hf_dir
+  # The random Qwen3 as the paper's embedder (our Flax Qwen3-Embedding path).
+  embedder_dir = shutil.copytree(hf_dir, tmp_path / "embedder")
+  shutil.copy(os.path.join(tokenizer_lib.qwen3_tokenizer_dir(), "tokenizer.json"), embedder_dir)
+  config.embedder = f"qwen3-embedding:{embedder_dir}"
   config.data.train_files = (_contexts_file(str(tmp_path / "train.jsonl"), 20, seed=0),)
   config.data.eval_files = (_contexts_file(str(tmp_path / "eval.jsonl"), 2, seed=1),)
   config_lib.validate(config)

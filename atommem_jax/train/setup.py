@@ -130,10 +130,14 @@ def check_hf_dir(config: ml_collections.ConfigDict) -> None:
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Job:
   """Stage 0: tokenizer, configs and the metric writer of a run in `workdir`."""
   check_hf_dir(config)
+  try:
+    embedder = embed_lib.make_embedder(config.embedder)
+  except (OSError, ValueError) as e:  # e.g. the paper configs' placeholder directory
+    raise config_lib.ConfigError(f"config field embedder={config.embedder!r}: {e}; set "
+                                 "--config.embedder (e.g. qwen3-embedding:DIR or minilm)") from e
   workdir = fileio.canonical(workdir)
   fileio.makedirs(workdir)
   env_config = config_lib.env_config(config)
-  embedder = embed_lib.make_embedder(config.embedder)
   tokenizer, tokenizer_dir = _tokenizer(config, workdir, env_config, embedder)
   model_config, rollout_config = _model_configs(config, len(tokenizer), log)
   if jax.process_index() == 0:
