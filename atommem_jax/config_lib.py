@@ -104,7 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
   # a CPU-only run is data parallel over its cores; 0 leaves JAX's default (one device).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))
   # Embedder spec for atommem_jax.memory.embed.make_embedder ("minilm", "hashing:512",
-  # "st:/dir", "qwen3-embedding:/dir").
+  # "st:/dir", "qwen3-embedding:/dir" run by our Flax Qwen3, with options such as
+  # "qwen3-embedding:/dir?device=accelerator&dtype=bfloat16").
   c.embedder = "minilm"
 
   c.env = ml_collections.ConfigDict(dict(
