@@ -27,6 +27,8 @@ REPO = os.path.dirname(BENCH_DIR)
 # Small versions of each benchmark (same code paths, tiny presets and shapes, one repeat).
 QUICK = {
     "bench_attention": ["--preset", "tiny", "--lengths", "256,512", "--repeats", "1"],
+    "bench_losses": ["--preset", "tiny", "--lengths", "256", "--chunks", "0,64",
+                     "--time_lengths", "256", "--repeats", "1"],
     "bench_embed": ["--layers", "1", "--episodes", "2", "--steps", "1"],
     "bench_model": ["--presets", "tiny", "--batch", "2", "--prompt_len", "64",
                     "--new_tokens", "8", "--repeats", "1"],
