@@ -150,7 +150,7 @@ class Qwen3Embedder:
   Args:
     path: the model directory (see the module docstring).
     task: the retrieval task named in the query instruction.
-    device: "auto", "host" or "devices" (`DEVICES`).
+    device: "auto", "host" or "accelerator" (`DEVICES`, `resolve_device`).
     dtype: "float32" or "bfloat16" weights and matmuls (pooling and norm stay fp32).
     max_seq_length: tokens per text, <|endoftext|> included (default: the directory's).
     max_batch_tokens: padded tokens per forward pass; bounds activation memory.
