@@ -41,15 +41,22 @@ from atommem_jax.rollout import episode
 from atommem_jax.rollout import host
 from atommem_jax.train import contexts as contexts_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)")
-_TEACHER = flags.DEFINE_string("teacher", None,
-                               "oracle, memagent, or hf:DIR (a Hugging Face Qwen3 directory)")
-_OUT = flags.DEFINE_string("out", None, "chat-message JSON lines to write (a path or URL)")
-_DATA = flags.DEFINE_multi_string("data", None, "LongContext .jsonl/.parquet files (default: the "
-                                  "config's training contexts)")
-_LIMIT = flags.DEFINE_integer("limit", None, "run the first N contexts only")
-_MIN_REWARD = flags.DEFINE_float("min_reward", 0.5, "keep episodes with at least this reward")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.6, "sampling temperature of an hf: teacher")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The CLI's flags: defined when it runs, not on import (tests import every CLI module
+  into one process, and two modules defining --config would clash)."""
+  config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)")
+  flags.DEFINE_string("teacher", None,
+                      "oracle, memagent, or hf:DIR (a Hugging Face Qwen3 directory)")
+  flags.DEFINE_string("out", None, "chat-message JSON lines to write (a path or URL)")
+  flags.DEFINE_multi_string("data", None, "LongContext .jsonl/.parquet files (default: the "
+                            "config's training contexts)")
+  flags.DEFINE_integer("limit", None, "run the first N contexts only")
+  flags.DEFINE_float("min_reward", 0.5, "keep episodes with at least this reward")
+  flags.DEFINE_float("temperature", 0.6, "sampling temperature of an hf: teacher")
+
 
 SCRIPTED = ("oracle", "memagent")
 HF_PREFIX = "hf:"
@@ -159,45 +166,46 @@ def _hf_dir(teacher: str) -> str | None:
 
 
 def _check_flags() -> None:
-  if _CONFIG.value is None:
+  if FLAGS.config is None:
     raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
-  teacher = _TEACHER.value or ""
+  teacher = FLAGS.teacher or ""
   hf_dir = _hf_dir(teacher)
   if teacher not in SCRIPTED and not hf_dir:
     raise app.UsageError(f"--teacher {teacher!r}: give oracle, memagent or hf:DIR")
   if hf_dir and not fileio.isdir(hf_dir):
     raise app.UsageError(f"--teacher {teacher}: no such directory")
-  if not _OUT.value:
+  if not FLAGS.out:
     raise app.UsageError("--out is required: the chat-message JSON lines to write")
-  if _TEMPERATURE.value <= 0:
-    raise app.UsageError(f"--temperature {_TEMPERATURE.value}: must be > 0")
+  if FLAGS.temperature <= 0:
+    raise app.UsageError(f"--temperature {FLAGS.temperature}: must be > 0")
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _check_flags()
-  config = _CONFIG.value
+  config = FLAGS.config
   try:
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from e
   config_lib.request_cpu_devices(config)
-  teacher = _TEACHER.value
+  teacher = FLAGS.teacher
   hf_dir = _hf_dir(teacher)
   try:
     tokenizer = tokenizer_lib.load_tokenizer(
         tokenizer_lib.resolve_tokenizer_dir(config.tokenizer, hf_dir))
-    contexts = load_contexts(config, _DATA.value, _LIMIT.value)
-    run_batch = (model_runner(hf_dir, config, tokenizer, _TEMPERATURE.value) if hf_dir
+    contexts = load_contexts(config, FLAGS.data, FLAGS.limit)
+    run_batch = (model_runner(hf_dir, config, tokenizer, FLAGS.temperature) if hf_dir
                  else scripted_runner(teacher, config, tokenizer))
-    counts = collect(contexts, run_batch, config.eval.batch_size, _MIN_REWARD.value,
-                     _OUT.value)
+    counts = collect(contexts, run_batch, config.eval.batch_size, FLAGS.min_reward,
+                     FLAGS.out)
   except (multihop.DataError, ValueError, OSError) as e:
     sys.exit(f"error: {e}")
   print(f"wrote {counts.rows} examples from {counts.kept} of {counts.contexts} episodes "
-        f"(reward >= {_MIN_REWARD.value}) to {_OUT.value}")
+        f"(reward >= {FLAGS.min_reward}) to {FLAGS.out}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=config_lib.parse_flags)
