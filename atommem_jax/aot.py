@@ -299,15 +299,16 @@ def programs(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes,
         "sft_step", f"{sizes.sft_rows} x {sizes.sft_length} tokens, {s.grad_accum} micro",
         functools.partial(_lower_step, step, state, batch)))
 
-  if "grpo_step" in names:
+  if "grpo_step" in names or "old_logprobs" in names:
     g = c.grpo
     step = steps_lib.make_grpo_step(train_config, grpo_optimizer, grpo_settings, mesh,
                                     grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
     batch = abstract_batch(mesh, sizes.grpo_rows * shards * g.grad_accum, sizes.grpo_length)
     shape = f"{sizes.grpo_rows} x {sizes.grpo_length} tokens, {g.grad_accum} micro"
-    out.append(Program("grpo_step", shape,
-                       functools.partial(_lower_step, step, grpo_state, reference, batch)))
-    if g.old_logprobs == "recompute":  # before each update, with the state resident
+    if "grpo_step" in names:
+      out.append(Program("grpo_step", shape,
+                         functools.partial(_lower_step, step, grpo_state, reference, batch)))
+    if "old_logprobs" in names and g.old_logprobs == "recompute":  # the state resident
       logprobs = steps_lib.make_logprobs_fn(train_config, mesh,
                                             temperature=grpo_settings.temperature,
                                             grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
