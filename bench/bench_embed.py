@@ -80,16 +80,18 @@ def step_texts(episodes: int, rng: np.random.Generator) -> tuple[list[str], list
 
 
 def time_steps(embed_documents, embed_queries, steps, episodes) -> tuple[float, float]:
-  """(first step seconds, including compilation; median of the next `steps` steps)."""
+  """(median seconds of `steps` new steps, which may compile new shapes; median of the same
+  steps again, every shape compiled: the steady state of a long run)."""
   rng = np.random.default_rng(0)
-  times = []
-  for _ in range(steps + 1):
+  first, again = [], []
+  for _ in range(steps):
     documents, queries = step_texts(episodes, rng)
-    start = time.perf_counter()
-    embed_documents(documents)
-    embed_queries(queries)
-    times.append(time.perf_counter() - start)
-  return times[0], float(np.median(times[1:]))
+    for times in (first, again):
+      start = time.perf_counter()
+      embed_documents(documents)
+      embed_queries(queries)
+      times.append(time.perf_counter() - start)
+  return float(np.median(first)), float(np.median(again))
 
 
 def main() -> None:
@@ -110,7 +112,7 @@ def main() -> None:
     write_model(path, args.layers)
     emit(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, cpu cores: "
          f"{os.cpu_count()}, layers: {args.layers}, episodes per step: {args.episodes}\n")
-    emit("| placement | first step s (compile) | step s (median) |")
+    emit("| placement | new step s (may compile) | step s, shapes compiled |")
     emit("|---|---|---|")
     for placement in args.placements.split(","):
       if placement == "torch":

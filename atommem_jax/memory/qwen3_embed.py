@@ -12,7 +12,7 @@ Transformer, last-token Pooling, Normalize) and sentence_bert_config.json (max_s
 
 Each call embeds all its texts in a few jitted forward passes: texts are sorted by length and
 padded (on the right) to power-of-two length buckets, with as many rows per pass as fit a token
-budget (rows also a power of two), so a run compiles a handful of shapes. Placement
+budget (rows a power of four, or the budget's rows), so a run compiles a bounded set of shapes. Placement
 (`DEVICES`): "host", one host CPU device; "accelerator", the first local device of the default
 backend (a GPU or TPU chip; the same host device on a CPU-only process); "auto" is "host"
 (see `resolve_device`). One device, never the mesh: the env embeds from inside the rollout
@@ -144,6 +144,13 @@ def _power_of_two_at_least(n: int) -> int:
   return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
+def _power_of_four_at_least(n: int) -> int:
+  power = 1
+  while power < n:
+    power *= 4
+  return power
+
+
 class Qwen3Embedder:
   """Qwen3-Embedding from a local directory (or URL), through `qwen3.forward`.
 
@@ -214,9 +221,9 @@ class Qwen3Embedder:
     start = 0
     while start < len(order):
       length = self.bucket(len(ids[order[start]]))
-      group = [i for i in order[start:] if self.bucket(len(ids[i])) == length]
-      group = group[:max(1, _power_of_two_at_least(self.max_batch_tokens // length + 1) // 2)]
-      rows = _power_of_two_at_least(len(group))
+      most_rows = max(1, _power_of_two_at_least(self.max_batch_tokens // length + 1) // 2)
+      group = [i for i in order[start:] if self.bucket(len(ids[i])) == length][:most_rows]
+      rows = min(_power_of_four_at_least(len(group)), most_rows)
       tokens = np.zeros((rows, length), np.int32)
       mask = np.zeros((rows, length), np.int32)
       mask[len(group):, 0] = 1  # filler rows see one token, so no row attends to nothing
