@@ -14,11 +14,12 @@ v5p-32` compiles the run's programs for the slice through libtpu on any Linux ho
 prints XLA:TPU's per-chip bytes against the 95.74 GiB it counts per v5p chip; exit status
 1 if one does not fit. fsdp=-1 takes every chip of the slice (16 on a v5p-32; a v5p-64
 gives 32), all over the ICI torus, so no data axis is needed. The rollout runs all
-8 x 8 episodes of a GRPO step at once: 4 per chip on a v5p-32, 8 on a v5p-16. Measured and
-estimated figures per chip are in BENCHMARKS.md ("Fit at the paper's sizes"); at the base
-config's sizes the estimate (configs/qwen3_8b_a800.py) is, on a v5p-32, sft_step 19.5 GiB
-(1 row x 18432 tokens), grpo_step 22.7 (1 x 20480), old_logprobs 11.6, sampler 28.6
-(4 episodes at 16384 + 4096 tokens), and twice the sampler's and SFT's on a v5p-16.
+8 x 8 episodes of a GRPO step at once: 4 per chip on a v5p-32, 8 on a v5p-16. On a v5p-16 at the
+base config's sizes XLA:TPU says (BENCHMARKS.md, "Fit at the paper's sizes"): grpo_step
+38.6 GiB per chip (1 row x 20480 tokens), old_logprobs 19.8, sampler 65.2 (8 episodes at
+16384 + 4096 tokens, with the GRPO state and reference resident). On a v5p-32 the estimate
+(configs/qwen3_8b_a800.py; it reads 0.84-0.97 of XLA:TPU at 8B) is sft_step 19.5 GiB (1 row
+x 18432 tokens), grpo_step 22.7, old_logprobs 11.6, sampler 28.6 (4 episodes).
 """
 
 import os
