@@ -5,6 +5,8 @@ with grouped-query heads."""
 from __future__ import annotations
 
 import functools
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ from atommem_jax.model import attention
 from atommem_jax.model import qwen3
 from atommem_jax.model import sharding
 from atommem_jax.model.attention import AttentionMask
+from atommem_jax.model.config import preset
 from _hf_reference import make_reference
 
 ATOL = 2e-5
@@ -222,6 +225,40 @@ def test_dispatch():
     attention.attention(q, k, v, mask, "cudnn")
   with pytest.raises(ValueError, match="expected one of"):
     attention.attention(q, k, v, mask, "flash")
+
+
+def _largest_array(hlo: str) -> int:
+  """Elements of the largest array any instruction of a compiled HLO text produces or reads."""
+  shapes = re.findall(r"\b(?:pred|[suf](?:8|16|32|64)|bf16)\[([0-9,]*)\]", hlo)
+  return max(math.prod(int(d) for d in s.split(",") if d) for s in shapes)
+
+
+@functools.cache
+def _model_grad_hlo(**overrides) -> str:
+  """Compiled HLO of jax.grad of the tiny model's forward at T = 1024, blocks of 128."""
+  length = 1024
+  config = preset("tiny", num_hidden_layers=2, attention_block_q=128, attention_block_k=128,
+                  **overrides)
+  params = jax.eval_shape(lambda key: qwen3.init_params(config, key), jax.random.key(0))
+
+  def loss(params, token_ids):
+    hidden, _ = qwen3.forward(config, params, token_ids, jnp.arange(length)[None],
+                              hidden_only=True)
+    return jnp.sum(hidden)
+
+  tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
+  return jax.jit(jax.grad(loss)).lower(params, tokens).compile().as_text()
+
+
+@pytest.mark.parametrize("remat,scan_layers", [("none", True), ("full", True), ("none", False)])
+def test_blockwise_model_gradient_holds_no_layer_of_scores(remat, scan_layers):
+  """jax.grad of the whole model (layers in a differentiated scan, the mask a constant of it)
+  has no array as large as one layer's scores [B, K, G, T, S]: the tiles are never stacked."""
+  config = preset("tiny")
+  scores = 1024 * 1024 * config.num_attention_heads  # B = 1, K * G = N
+  blockwise = _model_grad_hlo(attention="blockwise", remat=remat, scan_layers=scan_layers)
+  assert _largest_array(blockwise) < scores
+  assert _largest_array(_model_grad_hlo(attention="dense")) >= scores  # the check can see it
 
 
 @pytest.mark.parametrize("implementation", ["blockwise", "dense"])

@@ -154,7 +154,15 @@ def _flash(q, k, v, mask, block_q, block_k):
 
 
 def _flash_forward(q, k, v, mask, block_q, block_k):
-  """q [B, T, K, G, H] -> (out [B, T, K, G, H], logsumexp [B, K, G, T] fp32)."""
+  """q [B, T, K, G, H] -> (out [B, T, K, G, H], logsumexp [B, K, G, T] fp32).
+
+  The mask is tied to q, k, v by an optimization barrier first. Without it, when this runs
+  inside a differentiated scan (the layer stack) whose loop-invariant mask is a constant,
+  JAX's scan partial evaluation hoists every mask-only value out of the loop: the tiles'
+  broadcast masks, computed for all (query block, key block) pairs at once, [nq, nk, B, K,
+  G, bq, bk] -- as large as the dense scores.
+  """
+  q, k, v, mask = jax.lax.optimization_barrier((q, k, v, mask))
   batch, length, num_kv_heads, groups, head_dim = q.shape
   scale = head_dim**-0.5
 
