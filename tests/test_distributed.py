@@ -21,7 +21,7 @@ def _outcome(episode: int) -> distributed.EpisodeOutcome:
   result = env_lib.EpisodeResult(context_id=f"ctx-{episode}", answers=("Paris", ""),
                                  exact_match=(1.0, 0.0), f1=(1.0, 0.25), reward=0.5,
                                  stats=recorder.freeze(), trajectory=(), memories=())
-  return distributed.EpisodeOutcome(episode, result, (12, 30, 7), ("Paris is in France", "x"))
+  return distributed.EpisodeOutcome(episode, result, (12, 30, 7))
 
 
 def test_episode_outcomes_survive_json_with_their_types():
