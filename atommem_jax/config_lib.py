@@ -87,7 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Policy model: a preset (atommem_jax.model.config.PRESETS) or a Hugging Face directory.
   c.model = ml_collections.ConfigDict(dict(
       preset="qwen3-8b", hf_dir="", param_dtype="float32", dtype="bfloat16",
-      rollout_dtype="bfloat16", remat="full", scan_layers=True))
+      rollout_dtype="bfloat16", remat="full", scan_layers=True,
+      # Attention implementation (model/attention.py) and its tiles; "auto" picks by platform.
+      attention="auto", attention_block_q=512, attention_block_k=512))
   # Architecture fields replacing the preset's (None: the preset's value), each a typed
   # placeholder so that any of them can be set on the command line
   # (--config.model.overrides.num_hidden_layers=4) and a misspelt one is refused.
@@ -205,6 +207,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _fail(f"model.{field}", c.model[field], "float32, bfloat16 or float16")
   if c.model.remat not in model_config_lib.REMAT_POLICIES:
     _fail("model.remat", c.model.remat, f"one of {model_config_lib.REMAT_POLICIES}")
+  if c.model.attention not in model_config_lib.ATTENTION_IMPLEMENTATIONS:
+    _fail("model.attention", c.model.attention,
+          f"one of {model_config_lib.ATTENTION_IMPLEMENTATIONS}")
+  for field in ("attention_block_q", "attention_block_k"):
+    if not isinstance(c.model[field], int) or c.model[field] < 1:
+      _fail(f"model.{field}", c.model[field], "a positive integer")
   if c.model.hf_dir and model_overrides(c):
     _fail("model.overrides", model_overrides(c), "unset with model.hf_dir (a checkpoint's "
           "architecture comes from its config.json)")
@@ -293,10 +301,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def execution_fields(c: ml_collections.ConfigDict, *, rollout: bool = False) -> dict:
-  """Qwen3Config fields of how the model runs (dtypes, remat, scan), for training or rollout."""
+  """Qwen3Config fields of how the model runs (dtypes, remat, scan, attention), for training or
+  rollout."""
   return dict(param_dtype=c.model.rollout_dtype if rollout else c.model.param_dtype,
               dtype=c.model.rollout_dtype if rollout else c.model.dtype,
-              remat="none" if rollout else c.model.remat, scan_layers=c.model.scan_layers)
+              remat="none" if rollout else c.model.remat, scan_layers=c.model.scan_layers,
+              attention=c.model.attention, attention_block_q=c.model.attention_block_q,
+              attention_block_k=c.model.attention_block_k)
 
 
 def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):

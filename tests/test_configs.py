@@ -471,6 +471,21 @@ def test_sft_oversample_counts_are_validated_with_the_field_named():
     config_lib.validate(with_file)
 
 
+def test_attention_fields_reach_the_model_config_and_bad_ones_name_the_field():
+  c = config_lib.load_config_file("tiny")
+  c.model.update(attention="dense", attention_block_q=64, attention_block_k=32)
+  for rollout in (False, True):
+    model = config_lib.model_config(c, rollout=rollout)
+    assert (model.attention, model.attention_block_q, model.attention_block_k) == (
+        "dense", 64, 32)
+  for field, value in (("attention", "flash"), ("attention_block_q", 0),
+                       ("attention_block_k", -4)):
+    bad = config_lib.load_config_file("tiny")
+    bad.model[field] = value
+    with pytest.raises(config_lib.ConfigError, match=f"model.{field}"):
+      config_lib.validate(bad)
+
+
 @pytest.mark.parametrize("field,value", [("sft.loss_chunk", -1), ("grpo.loss_chunk", -8),
                                          ("grpo.old_logprobs", "rollout")])
 def test_loss_chunk_and_old_logprobs_are_validated_with_the_field_named(field, value):
