@@ -72,6 +72,7 @@ from atommem_jax.model.config import Qwen3Config
 from atommem_jax.rollout import episode as episode_lib
 from atommem_jax.rollout import sampler
 from atommem_jax.train import batch as batch_lib
+from atommem_jax.train import losses
 from atommem_jax.train import stages
 from atommem_jax.train import state as state_lib
 from atommem_jax.train import steps as steps_lib
@@ -227,6 +228,15 @@ def _abstract_rows(mesh: Mesh, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeS
   return jax.ShapeDtypeStruct(shape, dtype, sharding=layout)
 
 
+def grpo_config(c: ml_collections.ConfigDict) -> losses.GRPOConfig:
+  """The GRPO loss settings `stages.run_grpo` uses."""
+  g = c.grpo
+  return losses.GRPOConfig(
+      group_size=g.group_size, normalize_std=g.normalize_std, clip_low=g.clip_low,
+      clip_high=g.clip_high, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
+      aggregation=g.aggregation, entropy_coef=g.entropy_coef, temperature=c.rollout.temperature)
+
+
 @dataclasses.dataclass(frozen=True)
 class Sizes:
   """Rows per device of each program (per micro-batch for the steps) and lengths."""
@@ -270,7 +280,7 @@ def programs(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes,
   out = []
   sft_optimizer = state_lib.make_optimizer(stages.optimizer_config(c.sft))
   grpo_optimizer = state_lib.make_optimizer(stages.optimizer_config(c.grpo))
-  grpo_settings = stages.grpo_loss_config(c)
+  grpo_settings = grpo_config(c)
   use_ref = grpo_settings.kl_estimator != "none"
   reference = state_lib.abstract_params(train_config, mesh) if use_ref else None
   grpo_state = state_lib.abstract_train_state(train_config, grpo_optimizer, mesh)

@@ -271,22 +271,16 @@ def rollout_params(job: Job, params: Params) -> Params:
   return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
-def grpo_loss_config(config) -> losses.GRPOConfig:
-  """The GRPO loss settings of the config's grpo section (logits at the rollout temperature)."""
-  g = config.grpo
-  return losses.GRPOConfig(
-      group_size=g.group_size, normalize_std=g.normalize_std, clip_low=g.clip_low,
-      clip_high=g.clip_high, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
-      aggregation=g.aggregation, entropy_coef=g.entropy_coef,
-      temperature=config.rollout.temperature)
-
-
 def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
              evaluate: Evaluator) -> Params:
   """GRPO from `init` with KL to `reference` for grpo.steps steps; returns the final params."""
   g = job.config.grpo
   optimizer = state_lib.make_optimizer(optimizer_config(g))
-  grpo_config = grpo_loss_config(job.config)
+  grpo_config = losses.GRPOConfig(
+      group_size=g.group_size, normalize_std=g.normalize_std, clip_low=g.clip_low,
+      clip_high=g.clip_high, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
+      aggregation=g.aggregation, entropy_coef=g.entropy_coef,
+      temperature=job.config.rollout.temperature)
   distributed.local_batch_shards(job.mesh)  # rollout rows can train where they were made
   grpo_step = steps_lib.make_grpo_step(job.model_config, optimizer, grpo_config, job.mesh,
                                        grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
