@@ -22,28 +22,12 @@ from atommem_jax import config_lib
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import oracle
 from atommem_jax.data import synthetic
-from atommem_jax.data.multihop import Document
-from atommem_jax.data.multihop import LongContext
-from atommem_jax.data.multihop import Question
-from atommem_jax.data.tokenizer import load_tokenizer
 from atommem_jax.memory.embed import HashingEmbedder
+import _contexts
 
 
-@functools.lru_cache(maxsize=None)
-def _tokenizer():
-  return load_tokenizer()
-
-
-def _context(num_docs: int = 8, questions=(("What is the capital of Zorland?", "Paris"),),
-             context_id: str = "ctx") -> LongContext:
-  documents = tuple(Document(f"Place {i}", f"Place {i} has {i + 2} bridges and one old tower.")
-                    for i in range(num_docs))
-  return LongContext(
-      id=context_id, dataset="test",
-      questions=tuple(Question(f"{context_id}-q{i}", q, (a,)) for i, (q, a) in
-                      enumerate(questions)),
-      documents=documents, gold_indices=tuple((0,) for _ in questions), seed=0,
-      num_docs=num_docs)
+_tokenizer = _contexts.tokenizer
+_context = functools.partial(_contexts.context, num_docs=8)
 
 
 def _env(**overrides) -> env_lib.MemoryEnv:
