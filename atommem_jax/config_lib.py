@@ -99,9 +99,6 @@ def base_config() -> ml_collections.ConfigDict:
   # "qwen3": the real Qwen3 tokenizer (offline); "synthetic": a small BPE trained on the
   # synthetic corpus (saved under workdir); or a tokenizer directory.
   c.tokenizer = "qwen3"
-  # Options of the "synthetic" tokenizer: a space before a capital letter as its own token
-  # (one token form per name; data.tokenizer.train_bpe_tokenizer).
-  c.synthetic_tokenizer = ml_collections.ConfigDict(dict(split_space_before_capitals=False))
   # cpu_devices > 0: split the host CPU into that many XLA devices (one thread each), so that
   # a CPU-only run is data parallel over its cores; 0 leaves JAX's default (one device).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, cpu_devices=0))
@@ -149,13 +146,9 @@ def base_config() -> ml_collections.ConfigDict:
       loss_chunk=1024,
       checkpoint_every_steps=_interval(1000), eval_every_steps=_interval(0),
       # Repeat-the-text examples mixed in, per training context (0: none), of copy_span_tokens.
-      copy_examples_per_context=0, copy_span_tokens=96, copy_sentence_per_line=False,
-      # How the oracle writes its answers: "\\boxed{ text}" (see actions.render_actions), and
-      # after a <think> block citing the supporting sentences (see oracle.OraclePolicy).
-      oracle_boxed_space=False, oracle_cite_evidence=False,
-      # Repeats of the oracle steps that carry each action (1: as generated).
-      oversample=ml_collections.ConfigDict(dict(
-          scratchpad=1, read=1, create=1, update=1, delete=1, answer=1))))
+      copy_examples_per_context=0, copy_span_tokens=96,
+      # How the oracle writes its answers: "\\boxed{ text}" (see actions.render_actions).
+      oracle_boxed_space=False))
 
   # GRPO as the official run (AtomMem/script/train/run_memory_longcontext.sh, verl): 8
   # contexts x 8 rollouts a step (train_batch_size, rollout.n), 5 passes over the RL data
@@ -278,12 +271,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("sft.copy_span_tokens", c.sft.copy_span_tokens, ">= 1 tokens")
   if c.sft.prompt_loss_weight < 0:
     _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
-  for name, count in c.sft.oversample.items():
-    if not isinstance(count, int) or count < 1:
-      _fail(f"sft.oversample.{name}", count, "a whole number >= 1 (1: no repeats)")
-    if count > 1 and c.data.sft_file:
-      _fail(f"sft.oversample.{name}", count,
-            "1 with data.sft_file (oversampling repeats oracle steps by their actions)")
   g = c.grpo
   if g.group_size < 2:
     _fail("grpo.group_size", g.group_size, ">= 2 (advantages are relative to the group)")
@@ -343,7 +330,7 @@ ACTION_SWITCHES = ("scratchpad", "store", "create", "read", "update", "delete")
 
 def oracle_options(c: ml_collections.ConfigDict) -> dict[str, bool]:
   """Keyword arguments of `oracle.OraclePolicy` from the sft section: how it writes answers."""
-  return dict(boxed_space=c.sft.oracle_boxed_space, cite_evidence=c.sft.oracle_cite_evidence)
+  return dict(boxed_space=c.sft.oracle_boxed_space)
 
 
 def env_config(c: ml_collections.ConfigDict):

@@ -68,7 +68,6 @@ def _tiny_rows(num_contexts: int, memagent_tokens: int) -> list[str]:
     tokenizer = tokenizer_training.train_synthetic_tokenizer(
         contexts_lib.synthetic_contexts(config, "train"),
         config_lib.model_config(config).vocab_size, env_config, embedder, directory,
-        split_space_before_capitals=config.synthetic_tokenizer.split_space_before_capitals,
         oracle_options=options)
   contexts = contexts_lib.synthetic_contexts(config, "eval")[:num_contexts]
   atommem = oracle.run_episodes(env_lib.MemoryEnv(env_config, tokenizer, embedder),

@@ -454,23 +454,6 @@ def test_sft_copy_example_fields_are_validated_with_the_field_named(field, value
     config_lib.validate(c)
 
 
-def test_sft_oversample_counts_are_validated_with_the_field_named():
-  from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
-  c = config_lib.load_config_file("tiny")
-  assert set(c.sft.oversample) == set(sft_data.OVERSAMPLE_KINDS)  # one field per action
-  c.sft.oversample.create = 3
-  config_lib.validate(c)
-  for value in (0, -2):  # (a float cannot be set: the field is an int)
-    bad = copy.deepcopy(c)
-    bad.sft.oversample.create = value
-    with pytest.raises(config_lib.ConfigError, match="sft.oversample.create"):
-      config_lib.validate(bad)
-  with_file = copy.deepcopy(c)
-  with_file.data.sft_file = "trajectories.jsonl"  # its steps carry no parsed actions
-  with pytest.raises(config_lib.ConfigError, match="sft.oversample.create.*data.sft_file"):
-    config_lib.validate(with_file)
-
-
 def test_attention_fields_reach_the_model_config_and_bad_ones_name_the_field():
   c = config_lib.load_config_file("tiny")
   c.model.update(attention="dense", attention_block_q=64, attention_block_k=32)

@@ -355,26 +355,6 @@ def test_store_size_penalty_and_f1():
   assert np.allclose(result.f1, (1.0, 0.8))
 
 
-def test_tiny_question_last_template_holds_the_same_read_text_in_another_order():
-  """configs/tiny_prompt_questions_last.txt (a measured variant, BENCHMARKS.md) shows the
-  read step's chunk, scratchpad, memory block and questions of configs/tiny_prompt.txt, with
-  the questions moved last, and the same system message."""
-  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
-  observations = {}
-  for name in ("tiny_prompt.txt", "tiny_prompt_questions_last.txt"):
-    env = _env(prompt_template=str(configs / name), chunk_tokens=64)
-    [observation] = env.reset([_context()])
-    observations[name] = observation
-  first, last = observations["tiny_prompt.txt"], observations["tiny_prompt_questions_last.txt"]
-  assert first.messages[0] == last.messages[0]
-  questions = "Questions:\n1. What is the capital of Zorland?\n"
-  assert first.messages[1]["content"].startswith(questions)
-  assert last.messages[1]["content"].endswith(questions.rstrip("\n"))
-  def lines(observation):  # the text lines, blank separators aside
-    return sorted(line for line in observation.messages[1]["content"].splitlines() if line)
-  assert lines(first) == lines(last)
-
-
 # --- Fuzz harness: random and adversarial responses through the parser and the env. -------
 _FUZZ_FRAGMENTS = (
     [f"<{tag}>" for tag in ("update_memory", "update_query", "add_memory", "modify_memory",

@@ -14,6 +14,7 @@ Official defects that are not copied have their own test at the end (docs/protoc
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 import pytest
@@ -195,7 +196,7 @@ def test_an_answer_outside_boxed_scores_zero():
   assert result.reward == 0.5 and result.stats.invalid == {"missing_boxed": 1}
 
 
-def test_thinking_is_on_and_sft_targets_keep_the_think_text():
+def test_thinking_is_on_and_sft_targets_keep_the_think_text(tmp_path):
   """LOOP 347 and 368: apply_chat_template(message, add_generation_prompt=True) without
   enable_thinking, so Qwen3 opens its own <think> block; the parser drops the block. The
   SFT targets are the teacher's responses as written, <think> text included."""
@@ -212,13 +213,13 @@ def test_thinking_is_on_and_sft_targets_keep_the_think_text():
   [observation] = env.step(["<think>\nShould I store <add_memory>x</add_memory>?\n</think>\n\n"
                             "<add_memory>real fact</add_memory>"])
   assert _store(env) == ["real fact"]
-  contexts = synthetic.generate_synthetic(2, seed=3, num_entities=4, num_cities=3, num_docs=6,
-                                          hops=1, num_updates=1, doc_length=4)
-  examples, _ = sft_data.oracle_examples(
-      contexts, env_lib.EnvConfig(chunk_tokens=96, chunk_overlap=8), tokenizer,
-      HashingEmbedder(256), oracle_options=dict(cite_evidence=True))
-  targets = [tokenizer.decode(example.response_ids) for example in examples]
-  assert any(target.startswith("<think> ") and "</think>" in target for target in targets)
+  response = "<think>\nThe fact is new.\n</think>\n\n<add_memory>real fact</add_memory>"
+  path = tmp_path / "trajectories.jsonl"
+  path.write_text(json.dumps({"messages": [*observation.messages,
+                                           {"role": "assistant", "content": response}]}))
+  [example] = sft_data.file_examples(str(path), tokenizer)
+  assert list(example.prompt_ids) == list(observation.prompt_token_ids)
+  assert list(example.response_ids) == tokenizer.encode(response) + [tokenizer.eos_token_id]
 
 
 def test_opening_tags_take_attributes_and_long_contents_are_kept():

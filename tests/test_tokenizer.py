@@ -84,22 +84,6 @@ def test_small_bpe_training_is_deterministic(tmp_path):
     tok_lib.train_bpe_tokenizer(SYNTHETIC_TEXTS, vocab_size=100)
 
 
-def test_split_space_before_capitals_gives_each_name_one_token_form():
-  """With the option, "in Tera." and "{Tera}" carry the same "Tera" token (the space is a
-  token of its own); without it they are two tokens (" Tera" and "Tera"). Text still
-  round-trips exactly and lowercase words keep their leading space."""
-  texts = SYNTHETIC_TEXTS + ["\\boxed{Tera} \\boxed{Puli} \\boxed{Gobe}"] * 20
-  merged = tok_lib.train_bpe_tokenizer(texts, vocab_size=400)
-  split = tok_lib.train_bpe_tokenizer(texts, vocab_size=400, split_space_before_capitals=True)
-  text = "Vipe moved from Puli to Tera. \\boxed{Tera}"
-  pieces = {name: [t.decode([i]) for i in t.encode(text)] for name, t in
-            (("merged", merged), ("split", split))}
-  assert " Tera" in pieces["merged"] and "Tera" in pieces["merged"]
-  assert " Tera" not in pieces["split"] and pieces["split"].count("Tera") == 2
-  assert " moved" in pieces["split"] and " " in pieces["split"]
-  assert split.decode(split.encode(text)) == text
-
-
 def test_resolve_tokenizer_dir_one_rule_for_every_cli(tmp_path):
   model_dir = tmp_path / "model"
   model_dir.mkdir()

@@ -175,17 +175,10 @@ class OraclePolicy:
     supersede: "update" (Update the stale entry) or "delete" (Delete it, Create the new).
     entry_chars: longest entry text; a document's sentences are packed into entries.
     boxed_space: answers are written `\\boxed{ text}` (see `actions.render_actions`).
-    cite_evidence: a known answer is preceded by `<think> SENTENCES</think>`: the supporting
-      sentences (latest versions, chain order), as the memories shown hold them, after a
-      space so that a BPE gives their words the same tokens as there. The parser drops
-      `<think>` blocks: the citation is only read by the model's own next tokens. On real
-      benchmarks the units are every sentence of the gold documents, so a citation can
-      outgrow `EnvConfig.max_response_chars` (made for the synthetic task's one-fact chains).
   """
 
   def __init__(self, *, enabled: frozenset[ActionKind] = ALL_KINDS, supersede: str = "update",
-               entry_chars: int = 2000, boxed_space: bool = False,
-               cite_evidence: bool = False):
+               entry_chars: int = 2000, boxed_space: bool = False):
     if supersede not in ("update", "delete"):
       raise ValueError(f"supersede={supersede!r} must be 'update' or 'delete'")
     edit = ActionKind.UPDATE if supersede == "update" else ActionKind.DELETE
@@ -193,7 +186,6 @@ class OraclePolicy:
     self.supersede = supersede
     self.entry_chars = entry_chars
     self.boxed_space = boxed_space
-    self.cite_evidence = cite_evidence
     self._can_replace = {ActionKind.READ, ActionKind.CREATE, edit} <= enabled
     self._states: list[_OracleState] = []
 
@@ -205,14 +197,7 @@ class OraclePolicy:
     return [self._respond(self._states[o.episode], o) for o in observations]
 
   def _respond(self, state: _OracleState, observation: env_lib.Observation) -> str:
-    actions = self._act(state, observation)
-    text = render_actions(actions, boxed_space=self.boxed_space)
-    if (self.cite_evidence and [a.kind for a in actions] == [ActionKind.ANSWER]
-        and actions[0].text != UNKNOWN_ANSWER):
-      units = state.gold.required[observation.question_index]
-      evidence = " ".join(state.gold.units[u].text for u in units)
-      text = f"<think> {evidence}</think>\n{text}"
-    return text
+    return render_actions(self._act(state, observation), boxed_space=self.boxed_space)
 
   def _act(self, state: _OracleState, observation: env_lib.Observation) -> list[Action]:
     if observation.phase == env_lib.ANSWER_PHASE:

@@ -106,18 +106,13 @@ ACTION_TOKENS = tuple(f"<{slash}{tag}>" for tag in (
     "final_answer", "think") for slash in ("", "/")) + ("\\boxed{",)
 
 
-def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | None = None, *,
-                        split_space_before_capitals: bool = False):
+def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | None = None):
   """A byte-level BPE (Qwen-style) trained on `texts`, with ChatML special tokens.
 
   Ids: 0 <|endoftext|> (padding), 1 <|im_start|>, 2 <|im_end|> (end of turn / EOS); the action
   tags are single tokens. Decoding is exact (byte level), so tags parse back. Deterministic for
   the same texts. Saved with `save_pretrained` to `out_dir` when given, loadable with
   `load_tokenizer(out_dir)`.
-
-  With `split_space_before_capitals`, a space before a capital letter is a token of its own,
-  so that a capitalized word (a name) has one token sequence whether a space precedes it or
-  not ("of Gopa." and "{Gopa}" share the token "Gopa"); other words keep their leading space.
   """
   import tokenizers  # pylint: disable=g-import-not-at-top
   from tokenizers import decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
@@ -129,10 +124,6 @@ def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | No
                      f"plus {reserved - 256} special/action tokens and some merges")
   bpe = tokenizers.Tokenizer(models.BPE())
   bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  if split_space_before_capitals:
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(tokenizers.Regex(" (?=[A-Z])"), behavior="isolated"),
-        bpe.pre_tokenizer])
   bpe.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(ACTION_TOKENS),
                                 special_tokens=list(SPECIAL_TOKENS),

@@ -91,7 +91,6 @@ def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]
       with fileio.local_dir_to_write(trained_dir) as local:
         tokenizer_training.train_synthetic_tokenizer(
             contexts, vocab_size, env_config, embedder, local,
-            split_space_before_capitals=config.synthetic_tokenizer.split_space_before_capitals,
             oracle_options=config_lib.oracle_options(config))
   try:
     directory = tokenizer_lib.resolve_tokenizer_dir(name, trained_dir)

@@ -15,31 +15,21 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from atommem_jax import fileio
-from atommem_jax.agent import actions as actions_lib
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent import oracle
 from atommem_jax.agent import prompts
 from atommem_jax.data import multihop
 from atommem_jax.train.batch import Example
 
-# Action names of `oracle_examples(oversample=...)` and of config field sft.oversample:
-# "scratchpad", "read", "create", "update", "delete", "answer".
-OVERSAMPLE_KINDS = {kind.name.lower(): kind for kind in actions_lib.ActionKind}
-
 
 def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_lib.EnvConfig,
-                    tokenizer, embedder, oversample: Mapping[str, int] | None = None,
-                    oracle_options: Mapping[str, bool] | None = None
+                    tokenizer, embedder, oracle_options: Mapping[str, bool] | None = None
                     ) -> tuple[list[Example], float]:
   """SFT examples (one per step, response ended by EOS) of the oracle, and its mean reward.
 
-  `oversample` maps action names (`OVERSAMPLE_KINDS`: "create", "update", ...) to a repeat
-  count: a step is listed as many times as the largest count among its actions (1 for the
-  names not given), right after itself, so that an epoch holds it that many times.
-  `oracle_options`: keyword arguments of `oracle.OraclePolicy` (`boxed_space`,
-  `cite_evidence`: how it writes its answers).
+  `oracle_options`: keyword arguments of `oracle.OraclePolicy` (`boxed_space`: how it writes
+  its answers).
   """
-  repeats = _repeats_by_kind(oversample or {})
   env = env_lib.MemoryEnv(env_config, tokenizer, embedder)
   policy = oracle.OraclePolicy(enabled=env_config.enabled_actions, **(oracle_options or {}))
   results = oracle.run_episodes(env, policy, contexts)
@@ -47,15 +37,13 @@ def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_li
   examples = []
   for result in results:
     for turn in result.trajectory:
-      example = Example(turn.prompt_token_ids,
-                        tokenizer.encode(turn.response, add_special_tokens=False) + [eos])
-      copies = max([repeats[action.kind] for action in turn.actions], default=1)
-      examples += [example] * copies
+      examples.append(Example(turn.prompt_token_ids,
+                              tokenizer.encode(turn.response, add_special_tokens=False) + [eos]))
   return examples, float(np.mean([result.reward for result in results]))
 
 
 def copy_examples(contexts: Sequence[multihop.LongContext], tokenizer, span_tokens: int,
-                  seeds: Sequence[int], sentence_per_line: bool = False) -> list[Example]:
+                  seeds: Sequence[int]) -> list[Example]:
   """Repeat-the-text examples, one per context and seed (seed by seed, contexts in order): a
   random span of `span_tokens` tokens of the rendered context as the prompt, the same span
   again (then EOS) as the response.
@@ -76,23 +64,8 @@ def copy_examples(contexts: Sequence[multihop.LongContext], tokenizer, span_toke
     for ids in rendered:
       start = int(rng.integers(0, max(len(ids) - span_tokens, 0) + 1))
       span = ids[start:start + span_tokens]
-      if sentence_per_line:  # the copy starts each sentence on a new line: " Name" -> "Name"
-        text = tokenizer.decode(span).replace(". ", ".\n")
-        examples.append(Example(span, tokenizer.encode(text, add_special_tokens=False) + [eos]))
-      else:
-        examples.append(Example(span, span + [eos]))
+      examples.append(Example(span, span + [eos]))
   return examples
-
-
-def _repeats_by_kind(oversample: Mapping[str, int]) -> dict[actions_lib.ActionKind, int]:
-  unknown = sorted(set(oversample) - set(OVERSAMPLE_KINDS))
-  if unknown:
-    raise ValueError(f"oversample: unknown action names {unknown}; known: "
-                     f"{sorted(OVERSAMPLE_KINDS)}")
-  for name, count in oversample.items():
-    if not isinstance(count, int) or count < 1:
-      raise ValueError(f"oversample[{name!r}] = {count!r}: give a whole number >= 1")
-  return {kind: oversample.get(name, 1) for name, kind in OVERSAMPLE_KINDS.items()}
 
 
 def file_examples(path: str, tokenizer) -> list[Example]:

@@ -149,19 +149,14 @@ def sft_examples(job: Job, contexts) -> list[batch_lib.Example]:
   if job.config.data.sft_file:
     examples = sft_data.file_examples(job.config.data.sft_file, job.tokenizer)
   else:
-    oversample = dict(c.oversample)
-    examples, reward = sft_data.oracle_examples(contexts, job.env_config, job.tokenizer,
-                                                job.embedder, oversample=oversample,
-                                                oracle_options=config_lib.oracle_options(
-                                                    job.config))
-    repeated = {name: count for name, count in oversample.items() if count > 1}
+    examples, reward = sft_data.oracle_examples(
+        contexts, job.env_config, job.tokenizer, job.embedder,
+        oracle_options=config_lib.oracle_options(job.config))
     job.log(f"sft: {len(examples)} oracle steps from {len(contexts)} contexts "
-            f"(oracle reward {reward:.3f})" + (f", steps with {repeated} repeated" if repeated
-                                               else ""))
+            f"(oracle reward {reward:.3f})")
   copies = sft_data.copy_examples(
       contexts, job.tokenizer, c.copy_span_tokens,
-      seeds=[job.config.seed * 1000 + repeat for repeat in range(c.copy_examples_per_context)],
-      sentence_per_line=c.copy_sentence_per_line)
+      seeds=[job.config.seed * 1000 + repeat for repeat in range(c.copy_examples_per_context)])
   if copies:
     job.log(f"sft: {len(copies)} repeat-the-text examples of {c.copy_span_tokens} tokens "
             "mixed in")

@@ -23,22 +23,19 @@ def _document_texts(contexts: Sequence[multihop.LongContext]) -> list[str]:
 
 def train_synthetic_tokenizer(contexts: Sequence[multihop.LongContext], vocab_size: int,
                               env_config: env_lib.EnvConfig, embedder, out_dir: str, *,
-                              split_space_before_capitals: bool = False,
                               oracle_options: Mapping[str, bool] | None = None):
   """A BPE trained on documents, questions, and oracle prompts and responses; saved to out_dir.
 
   The prompts (system text, headers) only exist once a tokenizer chunks the context, so a
   first BPE on the documents drives a few oracle episodes whose texts join the corpus of
-  the final one. `split_space_before_capitals`: see `tokenizer.train_bpe_tokenizer`;
-  `oracle_options`: keyword arguments of the `oracle.OraclePolicy` whose texts are used.
+  the final one. `oracle_options`: keyword arguments of the `oracle.OraclePolicy` whose texts are used.
   """
   texts = _document_texts(contexts)
-  options = dict(split_space_before_capitals=split_space_before_capitals)
-  draft = tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, **options)
+  draft = tokenizer_lib.train_bpe_tokenizer(texts, vocab_size)
   env = env_lib.MemoryEnv(env_config, draft, embedder)
   policy = oracle.OraclePolicy(enabled=env_config.enabled_actions, **(oracle_options or {}))
   results = oracle.run_episodes(env, policy, contexts[:_CORPUS_EPISODES])
   for result in results:
     for turn in result.trajectory:
       texts += [turn.prompt_text, turn.response]
-  return tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, out_dir, **options)
+  return tokenizer_lib.train_bpe_tokenizer(texts, vocab_size, out_dir)
