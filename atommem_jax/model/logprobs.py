@@ -4,7 +4,10 @@ The vocabulary projection is the largest activation of a long row: fp32 logits [
 take 10 GB for one 16k-token row of Qwen3's 151,936-token vocabulary, with more copies for
 the log-softmax and its gradient. Here the lm head runs inside a `lax.scan` over chunks of
 `chunk` positions, each under `jax.checkpoint`, so that only one chunk's logits [B, C, V]
-exist at a time, in the forward pass and (recomputed) in the backward pass.
+exist at a time, in the forward pass and (recomputed) in the backward pass. Given the
+positions whose log-probs are used (`needed`), a chunk with none of them skips its lm head
+(a `lax.cond`, in both passes): the prompt of a long GRPO row or of an SFT example costs no
+vocabulary projection.
 
 Alignment (the `train.batch.TrainBatch` contract): entry t is log p(tokens[:, t]) under the
 distribution predicted at position t-1; entry 0 is 0.
@@ -32,6 +35,7 @@ def _shift_right(x: jax.Array) -> jax.Array:
 
 def token_logprobs(config: Qwen3Config, params: Params, hidden: jax.Array, tokens: jax.Array,
                    *, temperature: float = 1.0, chunk: int = 0, with_entropy: bool = False,
+                   needed: jax.Array | None = None,
                    shard: sharding.ActivationSharding = sharding.ActivationSharding()
                    ) -> tuple[jax.Array, jax.Array | None]:
   """(log-probs [B, T], entropies [B, T] or None) of tokens [B, T] from hidden [B, T, D].
@@ -39,7 +43,9 @@ def token_logprobs(config: Qwen3Config, params: Params, hidden: jax.Array, token
   hidden: final normed hidden states (`qwen3.forward(..., hidden_only=True)`). Logits are
   fp32 and divided by `temperature` (the sampling distribution's). chunk: positions per
   lm-head call; 0 (or >= T - 1) projects every position at once. with_entropy: also the
-  entropy of each predicted distribution (else None).
+  entropy of each predicted distribution (else None). needed [B, T] (bool or 0/1): the
+  entries the caller uses; with chunking, a chunk where no row needs an entry is not computed
+  and holds 0 (entries not needed are otherwise exact too).
   """
   batch, length = tokens.shape
   targets = tokens[:, 1:]
@@ -72,10 +78,24 @@ def token_logprobs(config: Qwen3Config, params: Params, hidden: jax.Array, token
     def unchunked(x):  # [num_chunks, B, C] -> [B, T-1]
       return x.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :steps]
 
-    checkpointed = jax.checkpoint(stats)
+    if needed is None:
+      needed_steps = jnp.ones((batch, steps), bool)
+    else:
+      needed_steps = needed[:, 1:].astype(bool)
+
+    # The checkpoint wraps the cond (not the other way round): its residuals are then the
+    # chunk's inputs, and the head's weights stay loop-invariant instead of being saved per
+    # chunk as a residual of the cond.
+    @jax.checkpoint
+    def chunk_stats(chunk_hidden, chunk_targets, chunk_needed):
+      def skipped(*_):
+        zeros = jnp.zeros(chunk_targets.shape, jnp.float32)
+        return zeros, (zeros if with_entropy else None)
+      return jax.lax.cond(jnp.any(chunk_needed), stats, skipped, chunk_hidden, chunk_targets)
+
     _, (logprobs, entropy) = jax.lax.scan(
-        lambda carry, xs: (carry, checkpointed(*xs)), None,
-        (chunked(predictors), chunked(targets)))
+        lambda carry, xs: (carry, chunk_stats(*xs)), None,
+        (chunked(predictors), chunked(targets), chunked(needed_steps)))
     logprobs = unchunked(logprobs)
     entropy = None if entropy is None else unchunked(entropy)
   return _shift_right(logprobs), None if entropy is None else _shift_right(entropy)

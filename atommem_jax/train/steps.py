@@ -142,14 +142,20 @@ def _placed(batch: TrainBatch, shardings: TrainBatch) -> TrainBatch:
 
 def _token_logprobs(config: Qwen3Config, params: Params, batch: TrainBatch, mesh: Mesh,
                     rules: sharding.Rules, *, temperature: float = 1.0, loss_chunk: int = 0,
-                    with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
-  """The batch's token log-probs [B, T] (and entropies) under params, logits / temperature."""
+                    with_entropy: bool = False, all_tokens: bool = False
+                    ) -> tuple[jax.Array, jax.Array | None]:
+  """The batch's token log-probs [B, T] (and entropies) under params, logits / temperature.
+
+  Exact at the trained target tokens (`losses.target_mask`), or with `all_tokens` at every
+  token of a sequence; lm-head chunks with none of those are skipped (0 there).
+  """
   hidden, _ = qwen3.forward(config, params, batch.tokens, batch.positions,
                             segment_ids=batch.segment_ids, mesh=mesh, rules=rules,
                             hidden_only=True)
+  needed = batch.segment_ids != 0 if all_tokens else losses.target_mask(batch) > 0
   return logprobs_lib.token_logprobs(config, params, hidden, batch.tokens,
                                      temperature=temperature, chunk=loss_chunk,
-                                     with_entropy=with_entropy,
+                                     with_entropy=with_entropy, needed=needed,
                                      shard=sharding.ActivationSharding(mesh, rules))
 
 
@@ -174,7 +180,8 @@ def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
     num_tokens, _ = losses.count_targets(batch)
 
     def loss_fn(params, micro):
-      logprobs, _ = _token_logprobs(config, params, micro, mesh, rules, loss_chunk=loss_chunk)
+      logprobs, _ = _token_logprobs(config, params, micro, mesh, rules, loss_chunk=loss_chunk,
+                                    all_tokens=prompt_loss_weight > 0)
       return losses.sft_loss(logprobs, micro, num_tokens=num_tokens,
                              prompt_loss_weight=prompt_loss_weight)
 
