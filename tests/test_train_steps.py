@@ -311,3 +311,38 @@ def test_recomputed_old_logprobs_make_the_first_ratio_exactly_one(params, grad_a
   assert recomputed["clip_frac"] == 0.0
   sampled = update(None)
   assert sampled["ratio_max"] > 1.1 and sampled["ratio_min"] < 0.9, sampled
+
+
+def test_micro_batch_rows_split_any_row_count_into_micro_batches_of_that_many_rows(params):
+  # The batch's rows are split over the data and fsdp axes (4 shards here), not tensor.
+  mesh = _mesh((2, 2, 2))
+  rules = sharding.DEFAULT_RULES
+  assert steps.batch_shards(mesh, rules) == 4
+  assert [steps.micro_batch_count(rows, 1, 1, mesh, rules) for rows in (4, 8, 24)] == [1, 2, 6]
+  assert steps.micro_batch_count(24, 3, 0, mesh, rules) == 3  # 0: grad_accum_steps decides
+  with pytest.raises(ValueError, match="micro_batch_rows=2"):
+    steps.micro_batch_count(12, 1, 2, mesh, rules)
+
+  # Unsharded, 2 rows per micro-batch: 4 rows update exactly as grad_accum_steps=2 does.
+  grpo_config = losses.GRPOConfig(kl_coef=0.1)
+  batch = batch_lib.pad_examples(_examples(4, seed=6), length=LENGTH)
+  old = steps.make_logprobs_fn(CONFIG, micro_batch_rows=2)(params, batch)
+  np.testing.assert_allclose(np.asarray(old), np.asarray(steps.make_logprobs_fn(CONFIG)(
+      params, batch)), rtol=1e-6, atol=1e-6)
+  batch = dataclasses.replace(batch, old_logprobs=np.asarray(old) - 0.1 * batch.loss_mask)
+  ref_params = jax.tree.map(lambda p: p * 0.9, params)
+
+  def run(**split):
+    state = state_lib.create_train_state(CONFIG, params, SGD)
+    state, metrics = steps.make_grpo_step(CONFIG, SGD, grpo_config, **split)(
+        state, ref_params, batch)
+    return _host(state.params), _host(metrics)
+
+  by_rows_params, by_rows = run(micro_batch_rows=2)
+  by_count_params, by_count = run(grad_accum_steps=2)
+  for name in ("loss", "pg_loss", "kl", "num_tokens"):
+    np.testing.assert_allclose(by_rows[name], by_count[name], rtol=1e-6, err_msg=name)
+  _assert_trees_close(by_rows_params, by_count_params, atol=1e-7)
+  with pytest.raises(ValueError, match="micro_batch_rows=3"):
+    steps.make_grpo_step(CONFIG, SGD, grpo_config, micro_batch_rows=3)(
+        state_lib.create_train_state(CONFIG, params, SGD), ref_params, batch)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -116,6 +117,27 @@ def _apply(state: TrainState, grads: Params, loss: jax.Array,
                      "update_skipped": 1.0 - finite.astype(jnp.float32)}
 
 
+def batch_shards(mesh: Mesh, rules: sharding.Rules) -> int:
+  """How many ways a batch's rows are split over the devices (the mesh axes of "batch")."""
+  axes = sharding.logical_to_spec(("batch",), mesh, rules)[0] or ()
+  return math.prod(mesh.shape[axis] for axis in ((axes,) if isinstance(axes, str) else axes))
+
+
+def micro_batch_count(rows: int, grad_accum_steps: int, micro_batch_rows: int, mesh: Mesh,
+                      rules: sharding.Rules) -> int:
+  """Micro-batches of a batch of `rows` rows: `grad_accum_steps`, or with micro_batch_rows > 0
+  as many as make micro-batches of that many rows per batch shard (verl's
+  ppo_micro_batch_size_per_gpu: a GRPO batch's row count follows its episodes' turns)."""
+  if micro_batch_rows <= 0:
+    return grad_accum_steps
+  per_micro = micro_batch_rows * batch_shards(mesh, rules)
+  if rows % per_micro:
+    raise ValueError(f"batch of {rows} rows cannot be split into micro-batches of "
+                     f"micro_batch_rows={micro_batch_rows} rows x {per_micro // micro_batch_rows}"
+                     " batch shards; pad the batch (batch.pad_examples(..., row_multiple=...))")
+  return max(1, rows // per_micro)
+
+
 def _check_rows(batch: TrainBatch, grad_accum_steps: int) -> None:
   rows = batch.shape[0]
   if rows % grad_accum_steps:
@@ -209,7 +231,7 @@ def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
 def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
                    grpo_config: losses.GRPOConfig = losses.GRPOConfig(),
                    mesh: Mesh | None = None, rules: sharding.Rules | None = None, *,
-                   grad_accum_steps: int = 1, loss_chunk: int = 0
+                   grad_accum_steps: int = 1, micro_batch_rows: int = 0, loss_chunk: int = 0
                    ) -> Callable[[TrainState, Params | None, TrainBatch],
                                  tuple[TrainState, Metrics]]:
   """Returns grpo_step(state, ref_params, batch) -> (state, metrics): one AdamW update.
@@ -217,7 +239,9 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
   ref_params (frozen reference policy, sharded like params) give the KL term's log-probs;
   they may be None when grpo_config.kl_estimator == "none". Logits of both policies are
   divided by grpo_config.temperature (the rollout temperature), as verl does. Metrics are
-  those of `losses.grpo_loss`, plus grad_norm.
+  those of `losses.grpo_loss`, plus grad_norm. A batch is split into `grad_accum_steps`
+  micro-batches, or with micro_batch_rows > 0 into micro-batches of that many rows per batch
+  shard, however many rows the batch has (`micro_batch_count`).
   """
   mesh = mesh or state_lib.single_device_mesh()
   rules = rules or sharding.DEFAULT_RULES
@@ -225,6 +249,9 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
   replicated = NamedSharding(mesh, PartitionSpec())
   use_ref = grpo_config.kl_estimator != "none"
   temperature = grpo_config.temperature
+
+  def micro_batches(rows: int) -> int:
+    return micro_batch_count(rows, grad_accum_steps, micro_batch_rows, mesh, rules)
 
   def step(state: TrainState, ref_params: Params | None, batch: TrainBatch
            ) -> tuple[TrainState, Metrics]:
@@ -242,8 +269,8 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
       return losses.grpo_loss(logprobs, entropy, ref_logprobs, micro, num_tokens=num_tokens,
                               num_sequences=num_sequences, **grpo_config.loss_kwargs())
 
-    grads, metrics = _accumulated_grads(loss_fn, state.params, batch, grad_accum_steps, mesh,
-                                        rules)
+    grads, metrics = _accumulated_grads(loss_fn, state.params, batch,
+                                        micro_batches(batch.shape[0]), mesh, rules)
     state, update_metrics = _apply(state, grads, metrics["loss"], optimizer, shardings.params)
     return state, {**metrics, **update_metrics}
 
@@ -258,7 +285,7 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
     if use_ref and ref_params is None:
       raise ValueError(f"grpo_step: kl_estimator={grpo_config.kl_estimator!r} needs the "
                        "reference params; pass them or set kl_estimator='none'")
-    _check_rows(batch, grad_accum_steps)
+    _check_rows(batch, micro_batches(batch.shape[0]))
     batch = _placed(batch, _batch_shardings(mesh, rules, batch.shape))
     return compiled(batch.shape)(state, ref_params if use_ref else None, batch)
 
@@ -345,14 +372,14 @@ def grpo_update(grpo_step: Callable[[TrainState, Params | None, TrainBatch],
 
 def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
                      rules: sharding.Rules | None = None, *, temperature: float = 1.0,
-                     grad_accum_steps: int = 1, loss_chunk: int = 0
+                     grad_accum_steps: int = 1, micro_batch_rows: int = 0, loss_chunk: int = 0
                      ) -> Callable[[Params, TrainBatch], jax.Array]:
   """Returns fn(params, batch) -> [B, T] log-probs of the trained target tokens (0 elsewhere).
 
   Recomputes a batch's `old_logprobs` (verl recomputes them with the training forward) or
   the reference policy's log-probs; params sharded per `param_shardings`. The forward is the
-  train steps': the same micro-batches (`grad_accum_steps`, one at a time, so it fits where
-  the step fits) and lm-head chunks (`loss_chunk`).
+  train steps': the same micro-batches (`grad_accum_steps` or `micro_batch_rows`, one at a
+  time, so it fits where the step fits) and lm-head chunks (`loss_chunk`).
   """
   mesh = mesh or state_lib.single_device_mesh()
   rules = rules or sharding.DEFAULT_RULES
@@ -363,10 +390,14 @@ def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
                                         temperature=temperature, loss_chunk=loss_chunk)
     return token_logprobs * losses.target_mask(micro)
 
+  def micro_batches(rows: int) -> int:
+    return micro_batch_count(rows, grad_accum_steps, micro_batch_rows, mesh, rules)
+
   def logprobs(params: Params, batch: TrainBatch) -> jax.Array:
-    if grad_accum_steps == 1:
+    count = micro_batches(batch.shape[0])
+    if count == 1:
       return micro_logprobs(params, batch)
-    micro = _micro_batches(batch, grad_accum_steps, mesh, rules)
+    micro = _micro_batches(batch, count, mesh, rules)
     per_micro = jax.lax.map(functools.partial(micro_logprobs, params), micro)  # [k, B/k, T]
     return per_micro.swapaxes(0, 1).reshape(batch.shape)
 
@@ -377,7 +408,7 @@ def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
                    out_shardings=batch_sharding.tokens)
 
   def logprobs_fn(params: Params, batch: TrainBatch) -> jax.Array:
-    _check_rows(batch, grad_accum_steps)
+    _check_rows(batch, micro_batches(batch.shape[0]))
     return compiled(batch.shape)(params, _placed(batch, _batch_shardings(mesh, rules,
                                                                          batch.shape)))
 
