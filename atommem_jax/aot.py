@@ -72,8 +72,6 @@ from atommem_jax.model.config import Qwen3Config
 from atommem_jax.rollout import episode as episode_lib
 from atommem_jax.rollout import sampler
 from atommem_jax.train import batch as batch_lib
-from atommem_jax.train import losses
-from atommem_jax.train import stages
 from atommem_jax.train import state as state_lib
 from atommem_jax.train import steps as steps_lib
 
@@ -228,15 +226,6 @@ def _abstract_rows(mesh: Mesh, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeS
   return jax.ShapeDtypeStruct(shape, dtype, sharding=layout)
 
 
-def grpo_config(c: ml_collections.ConfigDict) -> losses.GRPOConfig:
-  """The GRPO loss settings `stages.run_grpo` uses."""
-  g = c.grpo
-  return losses.GRPOConfig(
-      group_size=g.group_size, normalize_std=g.normalize_std, clip_low=g.clip_low,
-      clip_high=g.clip_high, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
-      aggregation=g.aggregation, entropy_coef=g.entropy_coef, temperature=c.rollout.temperature)
-
-
 @dataclasses.dataclass(frozen=True)
 class Sizes:
   """Rows per device of each program (per micro-batch for the steps) and lengths."""
@@ -278,9 +267,9 @@ def programs(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes,
   rollout_config = config_lib.model_config(c, rollout=True)
   shards = batch_shards(mesh)
   out = []
-  sft_optimizer = state_lib.make_optimizer(stages.optimizer_config(c.sft))
-  grpo_optimizer = state_lib.make_optimizer(stages.optimizer_config(c.grpo))
-  grpo_settings = grpo_config(c)
+  sft_optimizer = state_lib.make_optimizer(config_lib.optimizer_config(c, "sft"))
+  grpo_optimizer = state_lib.make_optimizer(config_lib.optimizer_config(c, "grpo"))
+  grpo_settings = config_lib.grpo_config(c)
   use_ref = grpo_settings.kl_estimator != "none"
   reference = state_lib.abstract_params(train_config, mesh) if use_ref else None
   grpo_state = state_lib.abstract_train_state(train_config, grpo_optimizer, mesh)
@@ -406,7 +395,7 @@ def estimate(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes, name: str
   rollout_config = config_lib.model_config(c, rollout=True)
   tensor = mesh.shape["tensor"]
   if name == "old_logprobs":
-    optimizer = state_lib.make_optimizer(stages.optimizer_config(c.grpo))
+    optimizer = state_lib.make_optimizer(config_lib.optimizer_config(c, "grpo"))
     state = state_lib.abstract_train_state(train_config, optimizer, mesh)
     width = jnp.dtype(train_config.jnp_dtype).itemsize
     rows, length = sizes.grpo_rows, sizes.grpo_length
@@ -417,8 +406,9 @@ def estimate(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes, name: str
             ("logits", _logits_bytes(train_config, rows, length, c.grpo.loss_chunk,
                                      "forward"))]
   if name in ("sft_step", "grpo_step"):
-    section = c.sft if name == "sft_step" else c.grpo
-    optimizer = state_lib.make_optimizer(stages.optimizer_config(section))
+    stage = "sft" if name == "sft_step" else "grpo"
+    section = c[stage]
+    optimizer = state_lib.make_optimizer(config_lib.optimizer_config(c, stage))
     state = state_lib.abstract_train_state(train_config, optimizer, mesh)
     params = tree_bytes(state.params)
     rows, length = ((sizes.sft_rows, sizes.sft_length) if name == "sft_step"
@@ -447,7 +437,7 @@ def estimate(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes, name: str
   cache = jax.tree.map(lambda x, layout: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=layout),
                        cache, cache_layout)
   width = jnp.dtype(rollout_config.jnp_dtype).itemsize
-  grpo_optimizer = state_lib.make_optimizer(stages.optimizer_config(c.grpo))
+  grpo_optimizer = state_lib.make_optimizer(config_lib.optimizer_config(c, "grpo"))
   parts = [("resident state", tree_bytes(state_lib.abstract_train_state(train_config,
                                                                          grpo_optimizer, mesh)))]
   if c.grpo.kl_estimator != "none":

@@ -2,18 +2,26 @@
 
 Config files under configs/ call `base_config()` and override fields; `validate` checks every
 field at start and names the one that is wrong; the `*_config` functions turn sections into
-the typed objects the code uses (Qwen3Config, EnvConfig, SamplingConfig, a mesh);
-`load_config_file` runs another config file (by name or path), so that ablations can
-override any base config.
+the typed objects the code uses (Qwen3Config, EnvConfig, GRPOConfig, OptimizerConfig,
+SamplingConfig, a mesh); `load_config_file` runs another config file (by name or path), so
+that ablations can override any base config.
 
-Sections: model, tokenizer, mesh, embedder, env (agent.env.EnvConfig fields; its action
-switches are named `enable_scratchpad` ... `enable_delete` here, because a ConfigDict key
-`update` would hide behind the `ConfigDict.update` method and `--config.env.update=False`
-could not be parsed), data, rollout, sft, grpo, eval, checkpoint, export.
+Sections: model, tokenizer, mesh, embedder, env, data, rollout, sft, grpo, eval, checkpoint,
+export. Where a dataclass consumes a section, the dataclass is the schema: the section is
+filled from its defaults under the same field names, and its `__post_init__` is the one
+place that checks them (raising ValueError("FIELD=VALUE: what is expected"), which
+`validate` reports as `section.FIELD`):
+- env: `agent.env.EnvConfig`, all of it;
+- sft, grpo: `OptimizerConfig` (but total_steps, from the section's steps), and grpo also
+  `GRPOConfig` (but temperature, which is rollout.temperature);
+plus the fields only the run reads (steps, epochs, batch sizes, intervals), checked here.
+`OptimizerConfig` and `GRPOConfig` live here, not in train/, because this module builds them
+and train/ imports it (train.state and train.losses re-export them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -23,14 +31,110 @@ import sys
 import ml_collections
 
 from atommem_jax import fileio
+from atommem_jax.agent import env as env_lib
 from atommem_jax.memory import embed as embed_lib
 
 # The checkout's configs/ directory: where `load_config_file` finds config names.
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # grpo.old_logprobs: where the PPO ratio's old log-probs come from.
 OLD_LOGPROBS = ("recompute", "sampler")
-# sft/grpo.schedule: the learning rate after the warm-up (train.state.OptimizerConfig).
+# sft/grpo.schedule: the learning rate after the warm-up (OptimizerConfig).
 SCHEDULES = ("constant", "cosine", "linear")
+# grpo.kl_estimator and grpo.aggregation (GRPOConfig; train.losses).
+KL_ESTIMATORS = ("k3", "k1", "none")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
+
+
+def _check(config, ok: bool, name: str, expected: str) -> None:
+  """Raises ValueError("NAME=VALUE: EXPECTED") unless `ok` (see the module docstring)."""
+  if not ok:
+    raise ValueError(f"{name}={getattr(config, name)!r}: {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """A stage's AdamW (`train.state.make_optimizer`): linear warm-up from 0, then constant, or a
+  cosine or linear decay to min_lr_ratio x lr at total_steps.
+
+  Defaults: AtomMem's GRPO on verl's actor optimizer (AdamW betas 0.9/0.999, weight decay
+  0.01 on every parameter, clipping at global norm 1.0, warm-up then constant; lr 1e-6 and
+  20 warm-up steps).
+  """
+
+  lr: float = 1e-6
+  warmup_steps: int = 20
+  schedule: str = "constant"
+  min_lr_ratio: float = 0.0  # where a decay ends, as a fraction of lr
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip: float = 1.0  # the global gradient norm is clipped to this; 0: no clipping
+  total_steps: int = 0  # where a decay ends: needed (> warmup_steps) by cosine and linear
+
+  def __post_init__(self):
+    _check(self, self.lr > 0, "lr", "> 0")
+    _check(self, self.warmup_steps >= 0, "warmup_steps", ">= 0")
+    _check(self, self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES} (after the warm-up)")
+    _check(self, 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1] (where a decay ends)")
+    _check(self, self.weight_decay >= 0, "weight_decay", ">= 0")
+    for name in ("b1", "b2"):
+      _check(self, 0 <= getattr(self, name) < 1, name, "in [0, 1) (Adam moment decay)")
+    _check(self, self.eps > 0, "eps", "> 0")
+    _check(self, self.grad_clip >= 0, "grad_clip", ">= 0 (0: no clipping)")
+    _check(self, self.schedule == "constant" or self.total_steps > self.warmup_steps,
+           "total_steps", f"> warmup_steps={self.warmup_steps} for the {self.schedule} decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """The GRPO objective (`train.losses.grpo_loss`); defaults are the AtomMem paper's (verl)."""
+
+  group_size: int = 8  # G rollouts per prompt
+  normalize_std: bool = False  # advantage = reward - group mean (no std division)
+  clip_low: float = 0.2
+  clip_high: float = 0.28
+  clip_ratio_c: float | None = 3.0  # verl dual-clip bound for A < 0; None disables it
+  kl_coef: float = 0.001
+  kl_estimator: str = "k3"
+  aggregation: str = "token-mean"
+  entropy_coef: float = 0.0
+  temperature: float = 1.0  # the rollout temperature; logits are divided by it
+
+  def __post_init__(self):
+    _check(self, self.group_size >= 2, "group_size", ">= 2 (advantages are relative to the "
+           "group)")
+    _check(self, 0 <= self.clip_low < 1, "clip_low", "in [0, 1)")
+    _check(self, self.clip_high >= 0, "clip_high", ">= 0")
+    _check(self, self.clip_ratio_c is None or self.clip_ratio_c > 1, "clip_ratio_c",
+           "> 1 (the dual-clip bound), or None to disable it")
+    _check(self, self.kl_coef >= 0, "kl_coef", ">= 0")
+    _check(self, self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"one of {KL_ESTIMATORS}")
+    _check(self, self.aggregation in AGGREGATIONS, "aggregation", f"one of {AGGREGATIONS}")
+    _check(self, self.temperature > 0, "temperature", "> 0")
+
+  def loss_kwargs(self) -> dict:
+    """Keyword arguments of `train.losses.grpo_loss` taken from this config."""
+    return dict(clip_low=self.clip_low, clip_high=self.clip_high,
+                clip_ratio_c=self.clip_ratio_c, kl_coef=self.kl_coef,
+                kl_estimator=self.kl_estimator, aggregation=self.aggregation,
+                entropy_coef=self.entropy_coef)
+
+
+# Fields of the dataclasses that their sections do not hold (the views fill them).
+_DERIVED = {OptimizerConfig: ("total_steps",), GRPOConfig: ("temperature",)}
+
+
+def _section_fields(kind, **values) -> dict:
+  """Config entries of dataclass `kind`'s fields: their defaults, or `values` where given; less
+  the fields the views derive."""
+  return {name: values.get(name, default) for name, default in _held_fields(kind).items()}
+
+
+def _held_fields(kind) -> dict:
+  """Name -> default of the fields of dataclass `kind` that its config section holds."""
+  return {field.name: field.default for field in dataclasses.fields(kind)
+          if field.name not in _DERIVED.get(kind, ())}
 
 
 # Qwen3Config's architecture fields (model/config.py; the execution fields are model.*).
@@ -107,14 +211,8 @@ def base_config() -> ml_collections.ConfigDict:
   # "qwen3-embedding:/dir?device=accelerator&dtype=bfloat16").
   c.embedder = "minilm"
 
-  c.env = ml_collections.ConfigDict(dict(
-      chunk_tokens=4000, chunk_overlap=100, max_chunks=40, top_k=6, max_retrieved_tokens=4096,
-      max_queries_per_question=3, max_steps=0, max_response_chars=32768, max_content_chars=0,
-      max_prompt_tokens=16384, initial_query="(none yet)",
-      enable_scratchpad=True, enable_store=True, enable_create=True, enable_read=True,
-      enable_update=True, enable_delete=True,
-      max_store_entries=0, store_size_penalty=0.0, store_free_size=0, prompt_template="",
-      store_backend="scann"))
+  # The episode (agent.env.EnvConfig, whose defaults are the paper's).
+  c.env = ml_collections.ConfigDict(_section_fields(env_lib.EnvConfig))
 
   # Long-context QA data. kind: "synthetic" or "multihop" (files built by
   # `python -m atommem_jax.data.build`, .jsonl or .parquet).
@@ -132,15 +230,17 @@ def base_config() -> ml_collections.ConfigDict:
   # A stage's `steps`: -1 derives them from its epochs over its data (setup.stage_steps), 0
   # skips the stage, N > 0 runs N. A stage checkpoints / evaluates every
   # {checkpoint,eval}_every_steps, or where that is None every checkpoint.every_steps /
-  # eval.every_steps. SFT as the official script (AtomMem/SFT/train_script/run.sh: TRL's
-  # SFTConfig under DeepSpeed ZeRO-3 on 8 GPUs): 3 epochs, 2 x 8 = 16 sequences a step of up
-  # to 18432 tokens (its --max_seq_length reads 18384), TRL's lr 2e-5 decaying linearly to 0
-  # (DeepSpeed's WarmupDecayLR), no warm-up, no weight decay, clipping at 1.0, completion-only
-  # loss, a checkpoint every 1000 steps (save_steps), no evaluation during SFT.
+  # eval.every_steps. Its optimizer: the OptimizerConfig fields. SFT as the official script
+  # (AtomMem/SFT/train_script/run.sh: TRL's SFTConfig under DeepSpeed ZeRO-3 on 8 GPUs): 3
+  # epochs, 2 x 8 = 16 sequences a step of up to 18432 tokens (its --max_seq_length reads
+  # 18384), TRL's lr 2e-5 decaying linearly to 0 (DeepSpeed's WarmupDecayLR), no warm-up, no
+  # weight decay, clipping at 1.0, completion-only loss, a checkpoint every 1000 steps
+  # (save_steps), no evaluation during SFT.
   c.sft = ml_collections.ConfigDict(dict(
-      steps=-1, epochs=3, batch_size=16, max_len=18432, lr=2e-5, warmup_steps=0,
-      schedule="linear", min_lr_ratio=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
-      grad_clip=1.0, grad_accum=1, packing=True, prompt_loss_weight=0.0,
+      **_section_fields(OptimizerConfig, lr=2e-5, warmup_steps=0, schedule="linear",
+                        weight_decay=0.0),
+      steps=-1, epochs=3, batch_size=16, max_len=18432, grad_accum=1, packing=True,
+      prompt_loss_weight=0.0,
       # Positions per lm-head call in the loss (model/logprobs.py): a row's fp32 logits are
       # never whole in memory; 0 projects the whole row at once.
       loss_chunk=1024,
@@ -153,12 +253,11 @@ def base_config() -> ml_collections.ConfigDict:
   # GRPO as the official run (AtomMem/script/train/run_memory_longcontext.sh, verl): 8
   # contexts x 8 rollouts a step (train_batch_size, rollout.n), 5 passes over the RL data
   # (total_epochs; `epochs` is PPO's passes over each step's rollouts), a checkpoint every 10
-  # steps (save_freq) and an evaluation every 20 (test_freq).
+  # steps (save_freq) and an evaluation every 20 (test_freq). Its optimizer and objective:
+  # the OptimizerConfig and GRPOConfig fields, at their defaults (the paper's).
   c.grpo = ml_collections.ConfigDict(dict(
-      steps=-1, data_epochs=5, questions_per_batch=8, group_size=8, lr=1e-6, warmup_steps=20,
-      schedule="constant", min_lr_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999,
-      grad_clip=1.0, grad_accum=1, clip_low=0.2, clip_high=0.28, kl_coef=0.001,
-      kl_estimator="k3", aggregation="token-mean", normalize_std=False, entropy_coef=0.0,
+      **_section_fields(OptimizerConfig), **_section_fields(GRPOConfig),
+      steps=-1, data_epochs=5, questions_per_batch=8, grad_accum=1,
       # As sft.loss_chunk, for the policy's and the reference's log-probs. old_logprobs:
       # "recompute" them with the training forward before the update (verl; the first ratio
       # is exactly 1), or keep the "sampler"'s.
@@ -236,9 +335,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not 0 < c.rollout.top_p <= 1:
     _fail("rollout.top_p", c.rollout.top_p, "in (0, 1]")
   for section, epochs in (("sft", "epochs"), ("grpo", "data_epochs")):
-    for field in ("grad_accum", "warmup_steps"):
-      if c[section][field] < 0 or (field == "grad_accum" and c[section][field] < 1):
-        _fail(f"{section}.{field}", c[section][field], "a non-negative integer (grad_accum >= 1)")
+    if c[section].grad_accum < 1:
+      _fail(f"{section}.grad_accum", c[section].grad_accum, ">= 1 micro-batches a step")
     if c[section].steps < -1:
       _fail(f"{section}.steps", c[section].steps,
             f"-1 (from {section}.{epochs} over the data), 0 (skip the stage) or a step count")
@@ -250,15 +348,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
       if every is not None and every < least:
         _fail(f"{section}.{kind}_every_steps", every,
               f">= {least}, or None for {kind}.every_steps")
-    if c[section].lr <= 0:
-      _fail(f"{section}.lr", c[section].lr, "> 0")
-    if c[section].schedule not in SCHEDULES:
-      _fail(f"{section}.schedule", c[section].schedule, f"one of {SCHEDULES} (after the warm-up)")
-    if not 0 <= c[section].min_lr_ratio <= 1:
-      _fail(f"{section}.min_lr_ratio", c[section].min_lr_ratio, "in [0, 1] (cosine floor)")
-    for field in ("b1", "b2"):
-      if not 0 <= c[section][field] < 1:
-        _fail(f"{section}.{field}", c[section][field], "in [0, 1) (Adam moment decay)")
     if c[section].loss_chunk < 0:
       _fail(f"{section}.loss_chunk", c[section].loss_chunk,
             ">= 0 positions per lm-head call (0: the whole row at once)")
@@ -272,19 +361,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.sft.prompt_loss_weight < 0:
     _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
   g = c.grpo
-  if g.group_size < 2:
-    _fail("grpo.group_size", g.group_size, ">= 2 (advantages are relative to the group)")
-  if not (0 <= g.clip_low < 1 and g.clip_high >= 0):
-    _fail("grpo.clip_low/clip_high", (g.clip_low, g.clip_high), "0 <= clip_low < 1, clip_high >= 0")
-  if g.kl_estimator not in ("k1", "k3", "none"):
-    _fail("grpo.kl_estimator", g.kl_estimator, "'k1', 'k3' or 'none'")
-  if g.aggregation not in ("token-mean", "seq-mean-token-mean"):
-    _fail("grpo.aggregation", g.aggregation, "'token-mean' or 'seq-mean-token-mean'")
   if g.old_logprobs not in OLD_LOGPROBS:
     _fail("grpo.old_logprobs", g.old_logprobs, f"one of {OLD_LOGPROBS}")
-  if g.num_minibatches < 1 or g.epochs < 1:
-    _fail("grpo.num_minibatches/epochs", (g.num_minibatches, g.epochs), ">= 1")
-  env_config(c)  # EnvConfig checks its own fields
+  for field in ("num_minibatches", "epochs"):
+    if g[field] < 1:
+      _fail(f"grpo.{field}", g[field], ">= 1")
+  # The fields of the dataclasses check themselves.
+  env_config(c)
+  for stage in ("sft", "grpo"):
+    optimizer_config(c, stage)
+  grpo_config(c)
 
 
 def execution_fields(c: ml_collections.ConfigDict, *, rollout: bool = False) -> dict:
@@ -324,34 +410,46 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
     raise ConfigError(f"config field model.overrides={overrides}: {e}") from e
 
 
-# EnvConfig's action switches; the env section names them `enable_<switch>`.
-ACTION_SWITCHES = ("scratchpad", "store", "create", "read", "update", "delete")
-
-
 def oracle_options(c: ml_collections.ConfigDict) -> dict[str, bool]:
   """Keyword arguments of `oracle.OraclePolicy` from the sft section: how it writes answers."""
   return dict(boxed_space=c.sft.oracle_boxed_space)
 
 
-def env_config(c: ml_collections.ConfigDict):
-  """agent.env.EnvConfig from the env section (0 / "" mean None where the field allows it)."""
-  from atommem_jax.agent import env as env_lib  # pylint: disable=g-import-not-at-top
-  fields = dict(c.env)
-  renamed = sorted(set(fields) & set(ACTION_SWITCHES))
-  if renamed:
-    raise ConfigError(f"config section env: {', '.join(renamed)} must be written "
-                      f"{', '.join('enable_' + name for name in renamed)} (e.g. "
-                      "`--config.env.enable_update=False`)")
-  for name in ACTION_SWITCHES:
-    if "enable_" + name in fields:
-      fields[name] = fields.pop("enable_" + name)
-  for name in ("max_steps", "max_store_entries", "max_content_chars"):
-    fields[name] = fields[name] or None
-  fields["prompt_template"] = fields["prompt_template"] or None
+def _typed(kind, section: str, fields: dict, **derived):
+  """`kind(**fields of section, **derived)`: a field the dataclass lacks, or one its
+  `__post_init__` refuses, raises ConfigError naming `section.field`."""
+  unknown = sorted(set(fields) - set(_held_fields(kind)))
+  if unknown:
+    raise ConfigError(f"config section {section}: no field {', '.join(unknown)}; its fields are "
+                      f"{kind.__name__}'s: {', '.join(_held_fields(kind))}")
   try:
-    return env_lib.EnvConfig(**fields)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"config section env: {e}") from e
+    return kind(**fields, **derived)
+  except ValueError as e:  # "FIELD=VALUE: what is expected"
+    raise ConfigError(f"config field {section}.{e}") from e
+
+
+def env_config(c: ml_collections.ConfigDict) -> env_lib.EnvConfig:
+  """agent.env.EnvConfig: the env section."""
+  return _typed(env_lib.EnvConfig, "env", dict(c.env))
+
+
+def optimizer_config(c: ml_collections.ConfigDict, stage: str) -> OptimizerConfig:
+  """The optimizer of stage "sft" or "grpo": its section's OptimizerConfig fields; a cosine or
+  linear schedule decays over the stage's steps (concrete by training time: `setup.with_steps`).
+
+  A stage of no more steps than its warm-up (a smoke run), or whose steps are still -1
+  (derived later), has its decay end one step past the warm-up, which it never reaches.
+  """
+  section = c[stage]
+  return _typed(OptimizerConfig, stage, {name: section[name] for name in _held_fields(
+      OptimizerConfig)}, total_steps=max(section.steps, section.warmup_steps + 1))
+
+
+def grpo_config(c: ml_collections.ConfigDict) -> GRPOConfig:
+  """The GRPO objective: the grpo section's GRPOConfig fields, at rollout.temperature (the
+  sampler's, by which the loss divides the logits)."""
+  return _typed(GRPOConfig, "grpo", {name: c.grpo[name] for name in _held_fields(GRPOConfig)},
+                temperature=c.rollout.temperature)
 
 
 def sampling_config(c: ml_collections.ConfigDict, *, eos_ids, pad_id: int, greedy: bool = False):

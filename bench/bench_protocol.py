@@ -73,7 +73,7 @@ def _tiny_rows(num_contexts: int, memagent_tokens: int) -> list[str]:
   atommem = oracle.run_episodes(env_lib.MemoryEnv(env_config, tokenizer, embedder),
                                 oracle.OraclePolicy(**options), contexts)
   memagent = oracle.run_episodes(
-      env_lib.MemoryEnv(dataclasses.replace(env_config, store=False), tokenizer, embedder),
+      env_lib.MemoryEnv(dataclasses.replace(env_config, enable_store=False), tokenizer, embedder),
       oracle.MemAgentPolicy(tokenizer, scratchpad_tokens=memagent_tokens,
                             boxed_space=options["boxed_space"]), contexts)
   prompts = [len(t.prompt_token_ids) for r in atommem for t in r.trajectory]
@@ -123,7 +123,7 @@ def main(argv=None) -> None:
           env_lib.MemoryEnv(env_lib.EnvConfig(**spec["env"]), tokenizer, embedder),
           oracle.OraclePolicy(), contexts)
       memagent = oracle.run_episodes(
-          env_lib.MemoryEnv(env_lib.EnvConfig(store=False, **spec["env"]), tokenizer, embedder),
+          env_lib.MemoryEnv(env_lib.EnvConfig(enable_store=False, **spec["env"]), tokenizer, embedder),
           oracle.MemAgentPolicy(tokenizer, scratchpad_tokens=args.memagent_tokens), contexts)
       emit(_row(f"{dataset} oracle", atommem))
       emit(_row(f"{dataset} MemAgent ({args.memagent_tokens} tokens)", memagent))

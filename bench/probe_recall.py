@@ -160,7 +160,7 @@ def main() -> None:
 def _jax_trainer(config, args, held_out: TrainBatch):
   """(train_step(batch) -> loss, accuracy() on held_out) for our model and make_sft_step."""
   optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig(
-      learning_rate=args.lr, warmup_steps=_WARMUP_STEPS, b2=args.b2))
+      lr=args.lr, warmup_steps=_WARMUP_STEPS, b2=args.b2))
   state = state_lib.create_train_state(config, jax.random.key(args.seed), optimizer)
   if args.qk_norm_init != 1.0:
     attn = dict(state.params["layers"]["attn"])

@@ -23,6 +23,7 @@ import typing
 import pytest
 
 from atommem_jax import config_lib
+from atommem_jax.agent import env as env_lib
 from atommem_jax.model import config as model_config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,7 +196,7 @@ def test_paper_configs_carry_the_published_hyperparameters(name):
   # Environment: chunk 4000 with 100 overlap, at most 40 chunks, top-k 6, 4096 retrieved.
   assert (c.env.chunk_tokens, c.env.chunk_overlap, c.env.max_chunks) == (4000, 100, 40)
   assert c.env.top_k == 6 and c.env.max_retrieved_tokens == 4096
-  assert all(c.env["enable_" + op] for op in config_lib.ACTION_SWITCHES)
+  assert all(value for name, value in c.env.items() if name.startswith("enable_"))
   # Generation cap 4096 tokens per step.
   assert c.rollout.max_new_tokens == 4096
   # Qwen3-8B from a user-given HF directory, fp32 master weights, bf16 compute, full remat.
@@ -361,15 +362,83 @@ def test_local_multiprocess_stops_the_others_when_one_fails(tmp_path):
   assert "process 1 fails on purpose" in result.stderr
 
 
-def test_old_action_switch_names_fail_with_the_new_name():
-  """A config still writing `env["update"]` gets an error naming `enable_update`, and the
-  switches reach EnvConfig under their own names."""
+# (section, dataclass, its fields that the section does not hold: the view derives them).
+SCHEMAS = (("env", env_lib.EnvConfig, ()),
+           ("sft", config_lib.OptimizerConfig, ("total_steps",)),
+           ("grpo", config_lib.OptimizerConfig, ("total_steps",)),
+           ("grpo", config_lib.GRPOConfig, ("temperature",)))
+
+
+@pytest.mark.parametrize("section, kind, derived", SCHEMAS)
+def test_sections_hold_their_dataclass_fields_under_the_same_names(section, kind, derived):
+  """Each field a dataclass reads from the config is a key of its section, with the
+  dataclass's default where the section is filled from it (env, grpo: the paper's values
+  are the defaults), and a value set in the section reaches the typed view unchanged."""
+  c = config_lib.base_config()
+  names = [field.name for field in dataclasses.fields(kind) if field.name not in derived]
+  assert set(names) <= set(c[section])
+  if section == "env":
+    assert set(c.env) == set(names)
+  if section != "sft":
+    defaults = kind()
+    assert {name: c[section][name] for name in names} == {
+        name: getattr(defaults, name) for name in names}
+  views = {"env": lambda: config_lib.env_config(c),
+           "grpo": lambda: config_lib.grpo_config(c) if kind is config_lib.GRPOConfig
+                   else config_lib.optimizer_config(c, "grpo"),
+           "sft": lambda: config_lib.optimizer_config(c, "sft")}
+  changed = {}
+  for name in names:  # a distinct valid value for every field
+    value = c[section][name]
+    if isinstance(value, bool):
+      changed[name] = not value
+    elif isinstance(value, (int, float)) and name not in ("b1", "b2", "min_lr_ratio",
+                                                          "clip_low"):
+      changed[name] = value + (3 if isinstance(value, int) else 1.5)
+  for name, value in changed.items():
+    c[section][name] = value
+  view = views[section]()
+  assert {name: getattr(view, name) for name in changed} == changed
+
+
+def test_views_derive_the_fields_their_section_does_not_hold():
+  c = config_lib.base_config()
+  c.rollout.temperature = 0.7
+  c.sft.update(steps=120, warmup_steps=20)
+  assert config_lib.grpo_config(c).temperature == 0.7
+  assert config_lib.optimizer_config(c, "sft").total_steps == 120
+  c.sft.steps = -1  # not derived yet: the decay ends one step past the warm-up
+  assert config_lib.optimizer_config(c, "sft").total_steps == 21
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("env.chunk_tokens", 0, ">= 1"), ("env.max_steps", -1, "0: no limit"),
+    ("env.store_backend", "faiss", "one of"), ("env.initial_query", " ", "not empty"),
+    ("grpo.group_size", 1, ">= 2"), ("grpo.clip_low", 1.0, "in [0, 1)"),
+    ("grpo.clip_ratio_c", 0.5, "> 1"), ("grpo.kl_estimator", "k2", "one of"),
+    ("grpo.aggregation", "sum", "one of"), ("sft.eps", 0.0, "> 0"),
+    ("grpo.grad_clip", -1.0, ">= 0"), ("sft.weight_decay", -0.1, ">= 0"),
+    ("grpo.warmup_steps", -1, ">= 0")])
+def test_a_dataclass_field_error_names_the_config_field(field, value, expected):
+  """The dataclass's own check runs through validate with `section.field` named."""
+  c = config_lib.load_config_file("tiny")
+  section, name = field.split(".")
+  c[section][name] = value
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate(c)
+  assert str(error.value).startswith(f"config field {field}={value!r}: ")
+  assert expected in str(error.value)
+
+
+def test_a_field_the_dataclass_lacks_is_refused_naming_it():
+  """A config still writing the old switch name `env["update"]` is told the section's fields."""
   c = config_lib.load_config_file("tiny")
   c.env["update"] = False
-  with pytest.raises(config_lib.ConfigError, match="update must be written enable_update"):
+  with pytest.raises(config_lib.ConfigError, match="config section env: no field update; .*"
+                     "enable_update"):
     config_lib.validate(c)
   env = config_lib.env_config(config_lib.load_config_file("no_update:tiny"))
-  assert env.update is False and env.delete is True and env.store is True
+  assert env.enable_update is False and env.enable_delete is True and env.enable_store is True
 
 
 def test_request_cpu_devices_sets_the_host_device_count_unless_the_environment_does(
@@ -394,18 +463,17 @@ def test_request_cpu_devices_sets_the_host_device_count_unless_the_environment_d
 
 
 def test_stage_schedule_fields_reach_the_optimizer_and_bad_ones_name_the_field():
-  from atommem_jax.train import stages  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   c.sft.update(steps=120, lr=1e-3, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
-  schedule = state_lib.learning_rate_schedule(stages.optimizer_config(c.sft))
+  schedule = state_lib.learning_rate_schedule(config_lib.optimizer_config(c, "sft"))
   for step in (0, 10, 20, 45, 70, 119, 120):
     if step < 20:
       expected = 1e-3 * step / 20
     else:  # cosine from the peak to min_lr_ratio * peak over the 100 steps after warm-up
       expected = 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 20) / 100)))
     assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-12)
-  constant = state_lib.learning_rate_schedule(stages.optimizer_config(c.grpo))
+  constant = state_lib.learning_rate_schedule(config_lib.optimizer_config(c, "grpo"))
   assert float(constant(10_000)) == pytest.approx(c.grpo.lr)
 
   for field, value, message in (("schedule", "exponential", "sft.schedule"),
@@ -417,19 +485,18 @@ def test_stage_schedule_fields_reach_the_optimizer_and_bad_ones_name_the_field()
   short = copy.deepcopy(c)
   short.sft.steps = 4  # a smoke run that ends inside the warm-up: only the warm-up is used
   config_lib.validate(short)
-  schedule = state_lib.learning_rate_schedule(stages.optimizer_config(short.sft))
+  schedule = state_lib.learning_rate_schedule(config_lib.optimizer_config(short, "sft"))
   assert [float(schedule(step)) for step in range(5)] == pytest.approx(
       [1e-3 * step / 20 for step in range(5)])
 
 
 def test_adam_betas_reach_the_optimizer_and_bad_ones_name_the_field():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import stages  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   c.sft.update(steps=10, lr=0.1, warmup_steps=0, weight_decay=0.0, grad_clip=0.0, b1=0.5,
                b2=0.9, schedule="constant")
-  optimizer = state_lib.make_optimizer(stages.optimizer_config(c.sft))
+  optimizer = state_lib.make_optimizer(config_lib.optimizer_config(c, "sft"))
   params = jnp.zeros(())
   opt_state = optimizer.init(params)
   m = v = 0.0

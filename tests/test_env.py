@@ -130,7 +130,7 @@ def test_step_guard_ends_runaway_episodes():
                                          ("create", "add_memory"),
                                          ("scratchpad", "update_memory")])
 def test_disabled_operation_is_rejected_and_absent_from_instructions(switch, tag):
-  env = _env(**{switch: False})
+  env = _env(**{f"enable_{switch}": False})
   [observation] = env.reset([_context()])
   assert f"<{tag}>" not in observation.messages[0]["content"]
   enabled = [t for t in ("update_memory", "update_query", "add_memory", "modify_memory",
@@ -147,7 +147,7 @@ def test_disabled_operation_is_rejected_and_absent_from_instructions(switch, tag
 
 
 def test_memagent_configuration_has_no_store():
-  env = _env(store=False)
+  env = _env(enable_store=False)
   [observation] = env.reset([_context()])
   user = observation.messages[1]["content"]
   assert "Retrieval query" not in user and "Scratchpad:\n(empty)" in user

@@ -29,8 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = Qwen3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                      bos_token_id=None, eos_token_id=2, pad_token_id=0)
-OPTIMIZER = state_lib.make_optimizer(state_lib.OptimizerConfig(learning_rate=1e-2,
-                                                               warmup_steps=0))
+OPTIMIZER = state_lib.make_optimizer(state_lib.OptimizerConfig(lr=1e-2, warmup_steps=0))
 
 
 @pytest.fixture(scope="module")

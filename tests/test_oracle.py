@@ -108,11 +108,11 @@ def test_answer_styles_change_only_how_the_teachers_write_answers():
       answered += "\\boxed{" in turn_a.response
       assert turn_b.response == turn_a.response.replace("\\boxed{", "\\boxed{ ")
     assert answered == len(context.questions)
-  memagent = oracle.run_episodes(_env(store=False),
+  memagent = oracle.run_episodes(_env(enable_store=False),
                                  oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=400),
                                  contexts)
   memagent_spaced = oracle.run_episodes(
-      _env(store=False), oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=400,
+      _env(enable_store=False), oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=400,
                                                boxed_space=True), contexts)
   for a, b in zip(memagent, memagent_spaced):
     assert a.answers == b.answers
@@ -128,11 +128,11 @@ def test_oracle_and_memagent_on_synthetic_updates():
   delete_results = oracle.run_episodes(_env(**settings),
                                        oracle.OraclePolicy(supersede="delete"), contexts)
   memagent_results = oracle.run_episodes(
-      _env(store=False, **settings), oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=64),
-      contexts)
+      _env(enable_store=False, **settings),
+      oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=64), contexts)
   ample_results = oracle.run_episodes(
-      _env(store=False, **settings), oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=400),
-      contexts)
+      _env(enable_store=False, **settings),
+      oracle.MemAgentPolicy(_tokenizer(), scratchpad_tokens=400), contexts)
   em = {name: _exact_match(r) for name, r in [("oracle", oracle_results),
                                                 ("oracle_delete", delete_results),
                                                 ("memagent_64", memagent_results),
@@ -174,7 +174,7 @@ def test_gold_facts_of_synthetic_contexts_follow_the_evidence():
 def test_oracle_follows_ablations():
   contexts = synthetic.generate_synthetic(4, seed=7, num_updates=4, questions_per_context=2)
   for switch in ("update", "read", "scratchpad"):
-    env = _env(chunk_tokens=96, chunk_overlap=12, **{switch: False})
+    env = _env(chunk_tokens=96, chunk_overlap=12, **{f"enable_{switch}": False})
     policy = oracle.OraclePolicy(enabled=env.config.enabled_actions)
     results = oracle.run_episodes(env, policy, contexts)
     assert all(r.stats.num_invalid == 0 for r in results)

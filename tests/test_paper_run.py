@@ -200,7 +200,8 @@ def test_a_checkpoint_of_the_stage_wins_over_hf_dir(checkpoint, tmp_path):
   job = setup.prepare(config, workdir)
   saved = state_lib.create_train_state(job.model_config, jax.random.key(7),
                                        state_lib.make_optimizer(
-                                           stages.optimizer_config(config.sft)), job.mesh)
+                                           config_lib.optimizer_config(config, "sft")),
+                                       job.mesh)
   with stages.checkpointer(job, stages.SFT) as manager:
     manager.save(saved, {"stage": stages.SFT, "stage_step": 1}, step=1, force=True)
   job.writer.close()
@@ -247,8 +248,8 @@ def test_paper_configs_build_their_job_and_both_stages_have_steps(checkpoint, tm
   assert sft_steps == 3 * max(len(examples) // 16, 1) > 0
   assert grpo_steps == 5 * (20 // 8) == 10
   job = setup.with_steps(job, sft=sft_steps, grpo=grpo_steps)
-  for section in (job.config.sft, job.config.grpo):
-    state_lib.make_optimizer(stages.optimizer_config(section))
+  for stage in (stages.SFT, stages.GRPO):
+    state_lib.make_optimizer(config_lib.optimizer_config(job.config, stage))
   params = setup.initial_params(job, jax.random.key(0))
   assert params["embedder"]["embedding"].shape == (V, D)
 
@@ -277,7 +278,7 @@ def test_paper_hyperparameters_of_the_official_scripts():
 def test_linear_schedule_is_transformers_linear_schedule():
   c = config_lib.base_config()
   c.sft.steps = 50
-  ours = state_lib.learning_rate_schedule(stages.optimizer_config(c.sft))
+  ours = state_lib.learning_rate_schedule(config_lib.optimizer_config(c, "sft"))
   optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=c.sft.lr)
   reference = transformers.get_linear_schedule_with_warmup(optimizer, 0, 50)
   for step in range(51):

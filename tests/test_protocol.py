@@ -366,7 +366,7 @@ def test_oracle_follows_the_protocol_on_real_shaped_runs():
 def test_no_store_configuration_moves_on_every_response(phase_chunks):
   """An ablation the reference has no counterpart for: without Create and Update (MemAgent
   style), a read-phase response can never move on by the rule above, so every one does."""
-  env = _env(store=False, chunk_tokens=4000 if phase_chunks == 1 else 24, max_chunks=3)
+  env = _env(enable_store=False, chunk_tokens=4000 if phase_chunks == 1 else 24, max_chunks=3)
   [observation] = env.reset([_context(num_docs=12 if phase_chunks == 3 else 2)])
   for chunk in range(1, phase_chunks):
     [observation] = env.step(["<update_memory>notes</update_memory>"])

@@ -30,8 +30,7 @@ CONFIG = Qwen3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_h
 LENGTH = 16
 SGD = optax.sgd(0.5)
 # Large eps: Adam's update is smooth in g, so summation-order noise cannot flip a sign.
-ADAM = state_lib.make_optimizer(state_lib.OptimizerConfig(learning_rate=1e-2, warmup_steps=0,
-                                                          eps=1e-3))
+ADAM = state_lib.make_optimizer(state_lib.OptimizerConfig(lr=1e-2, warmup_steps=0, eps=1e-3))
 
 
 @pytest.fixture(autouse=True)
@@ -239,7 +238,7 @@ def test_learning_rate_schedule_warms_up_then_holds():
   np.testing.assert_allclose([float(schedule(s)) for s in (0, 10, 20, 100)],
                              [0.0, 5e-7, 1e-6, 1e-6], rtol=1e-6)
   cosine = state_lib.learning_rate_schedule(state_lib.OptimizerConfig(
-      learning_rate=1.0, warmup_steps=2, schedule="cosine", total_steps=6, min_lr_ratio=0.1))
+      lr=1.0, warmup_steps=2, schedule="cosine", total_steps=6, min_lr_ratio=0.1))
   expected = [0.0, 0.5] + [0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(5)]
   np.testing.assert_allclose([float(cosine(s)) for s in range(7)], expected, rtol=1e-6)
 

@@ -73,7 +73,11 @@ _MOVE_ON = frozenset({ActionKind.CREATE, ActionKind.UPDATE})
 
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
-  """Episode settings (defaults: the paper's; the booleans are ablation switches).
+  """Episode settings (defaults: the paper's; the `enable_` booleans are ablation switches).
+
+  The fields are the config's env section (`config_lib.env_config`), so they follow its
+  conventions: 0 is "no limit" and "" "the built-in template". A bad value raises
+  ValueError("FIELD=VALUE: what is expected"), which the config names as `env.FIELD`.
 
   Attributes:
     chunk_tokens: core tokens per chunk.
@@ -83,19 +87,22 @@ class EnvConfig:
     max_retrieved_tokens: token budget of the retrieved memories in a prompt.
     max_queries_per_question: Reads allowed between two memory edits or answers (the
       reference's limit of 3); one more skips a question.
-    max_steps: turns per episode at most; None means max_chunks + 1 (the reference's).
+    max_steps: turns per episode at most; 0 means max_chunks + 1 (the reference's).
     max_response_chars: a longer response is cut to this before parsing.
-    max_content_chars: an action's content longer than this is invalid; None keeps any.
+    max_content_chars: an action's content longer than this is invalid; 0 keeps any.
     max_prompt_tokens: a longer prompt is cut (module docstring); the episode loop lowers
       it to its largest prompt bucket.
     initial_query: the query searched before the first Read.
-    scratchpad: allow `<update_memory>`.
-    store: use the long-term store at all (False with scratchpad True: MemAgent-style).
-    create, read, update, delete: allow each store action (only when `store`).
-    max_store_entries: store capacity; a Create beyond it is invalid ("store_full").
+    enable_scratchpad: allow `<update_memory>`.
+    enable_store: use the long-term store at all (False with enable_scratchpad True:
+      MemAgent-style).
+    enable_create, enable_read, enable_update, enable_delete: allow each store action (only
+      with `enable_store`).
+    max_store_entries: store capacity (0: none); a Create beyond it is invalid ("store_full").
     store_size_penalty: reward penalty per store entry beyond `store_free_size` at the end.
     store_free_size: entries that cost nothing.
-    prompt_template: path of a template file (`prompts.PromptTemplate.load`), or None.
+    prompt_template: path of a template file (`prompts.PromptTemplate.load`); "": the
+      built-in one.
     store_backend: "scann" or "exact".
   """
   chunk_tokens: int = 4000
@@ -104,54 +111,54 @@ class EnvConfig:
   top_k: int = 6
   max_retrieved_tokens: int = 4096
   max_queries_per_question: int = 3
-  max_steps: int | None = None
+  max_steps: int = 0
   max_response_chars: int = 32768
-  max_content_chars: int | None = None
+  max_content_chars: int = 0
   max_prompt_tokens: int = 16384
   initial_query: str = INITIAL_QUERY
-  scratchpad: bool = True
-  store: bool = True
-  create: bool = True
-  read: bool = True
-  update: bool = True
-  delete: bool = True
-  max_store_entries: int | None = None
+  enable_scratchpad: bool = True
+  enable_store: bool = True
+  enable_create: bool = True
+  enable_read: bool = True
+  enable_update: bool = True
+  enable_delete: bool = True
+  max_store_entries: int = 0
   store_size_penalty: float = 0.0
   store_free_size: int = 0
-  prompt_template: str | None = None
+  prompt_template: str = ""
   store_backend: str = "scann"
 
   def __post_init__(self):
+    def check(ok: bool, name: str, expected: str):
+      if not ok:
+        raise ValueError(f"{name}={getattr(self, name)!r}: {expected}")
     for name in ("chunk_tokens", "max_chunks", "top_k", "max_retrieved_tokens",
                  "max_response_chars", "max_prompt_tokens"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"EnvConfig.{name}={getattr(self, name)} must be >= 1")
-    for name in ("chunk_overlap", "max_queries_per_question"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"EnvConfig.{name}={getattr(self, name)} must be >= 0")
-    for name in ("max_steps", "max_content_chars"):
-      if getattr(self, name) is not None and getattr(self, name) < 1:
-        raise ValueError(f"EnvConfig.{name}={getattr(self, name)} must be >= 1 or None")
-    if not self.initial_query.strip():
-      raise ValueError("EnvConfig.initial_query is empty; give the text searched before the "
-                       "first Read")
-    if self.store_backend not in store_lib.BACKENDS:
-      raise ValueError(f"EnvConfig.store_backend={self.store_backend!r} is not one of "
-                       f"{store_lib.BACKENDS}")
+      check(getattr(self, name) >= 1, name, ">= 1")
+    for name in ("chunk_overlap", "max_queries_per_question", "store_free_size",
+                 "store_size_penalty"):
+      check(getattr(self, name) >= 0, name, ">= 0")
+    for name in ("max_steps", "max_content_chars", "max_store_entries"):
+      check(getattr(self, name) >= 0, name, ">= 0 (0: no limit)")
+    check(bool(self.initial_query.strip()), "initial_query",
+          "the text searched before the first Read, not empty")
+    check(self.store_backend in store_lib.BACKENDS, "store_backend",
+          f"one of {store_lib.BACKENDS}")
 
   @property
   def step_limit(self) -> int:
-    return self.max_steps if self.max_steps is not None else self.max_chunks + 1
+    return self.max_steps or self.max_chunks + 1
 
   @property
   def enabled_actions(self) -> frozenset[ActionKind]:
     """Every action kind the agent may use in some phase."""
     kinds = {ActionKind.ANSWER}
-    if self.scratchpad:
+    if self.enable_scratchpad:
       kinds.add(ActionKind.SCRATCHPAD)
-    if self.store:
-      switches = ((self.create, ActionKind.CREATE), (self.read, ActionKind.READ),
-                  (self.update, ActionKind.UPDATE), (self.delete, ActionKind.DELETE))
+    if self.enable_store:
+      switches = ((self.enable_create, ActionKind.CREATE), (self.enable_read, ActionKind.READ),
+                  (self.enable_update, ActionKind.UPDATE),
+                  (self.enable_delete, ActionKind.DELETE))
       kinds.update(kind for enabled, kind in switches if enabled)
     return frozenset(kinds)
 
@@ -363,7 +370,7 @@ class MemoryEnv:
     return _Episode(
         index=index, context=context, chunked=chunked,
         store=store_lib.MemoryStore(self.embedder.dim, backend=self.config.store_backend,
-                                    max_entries=self.config.max_store_entries),
+                                    max_entries=self.config.max_store_entries or None),
         recorder=stats_lib.StatsRecorder(chunks=len(chunked.chunks),
                                          context_tokens=chunked.num_tokens,
                                          truncated_tokens=chunked.truncated_tokens),
@@ -379,7 +386,7 @@ class MemoryEnv:
                               f"cut to max_response_chars={self.config.max_response_chars}"))
       text = text[:self.config.max_response_chars]
     parsed = parse_response(text, num_retrieved=len(episode.shown),
-                            max_content_chars=self.config.max_content_chars,
+                            max_content_chars=self.config.max_content_chars or None,
                             allowed=self.config.allowed_actions(episode.phase))
     problems.extend(parsed.problems)
     limit = self.config.max_queries_per_question

@@ -158,7 +158,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 def evaluate_without_update(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """The finished run's SFT policy evaluated in an environment that refuses Update."""
   job = _prepare(config, workdir)
-  job = dataclasses.replace(job, env_config=dataclasses.replace(job.env_config, update=False))
+  job = dataclasses.replace(job, env_config=dataclasses.replace(job.env_config,
+                                                                enable_update=False))
   evaluate = stages.make_evaluator(job, contexts_lib.load_contexts(config, "eval"))
   summary = evaluate(stages.restore_params(job, stages.SFT), "sft_no_update", config.sft.steps)
   job.writer.close()

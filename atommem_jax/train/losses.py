@@ -16,55 +16,16 @@ up to exactly the full-batch loss.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from atommem_jax import config_lib
 from atommem_jax.train.batch import TrainBatch
 
-KL_ESTIMATORS = ("k3", "k1", "none")
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
+# The GRPO settings: the grpo section's schema, declared where the config builds it.
+GRPOConfig = config_lib.GRPOConfig
 Metrics = dict[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class GRPOConfig:
-  """GRPO hyperparameters; defaults are the AtomMem paper's (verl) settings."""
-
-  group_size: int = 8  # G rollouts per prompt
-  normalize_std: bool = False  # advantage = reward - group mean (no std division)
-  clip_low: float = 0.2
-  clip_high: float = 0.28
-  clip_ratio_c: float | None = 3.0  # verl dual-clip bound for A < 0; None disables it
-  kl_coef: float = 0.001
-  kl_estimator: str = "k3"
-  aggregation: str = "token-mean"
-  entropy_coef: float = 0.0
-  temperature: float = 1.0  # the rollout temperature; logits are divided by it
-
-  def __post_init__(self):
-    if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(f"kl_estimator={self.kl_estimator!r}; expected one of {KL_ESTIMATORS}")
-    if self.aggregation not in AGGREGATIONS:
-      raise ValueError(f"aggregation={self.aggregation!r}; expected one of {AGGREGATIONS}")
-    if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
-      raise ValueError(f"clip_low={self.clip_low}, clip_high={self.clip_high}; need "
-                       "0 <= clip_low < 1 and clip_high >= 0")
-    if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
-      raise ValueError(f"clip_ratio_c={self.clip_ratio_c}; the dual-clip bound must be > 1 "
-                       "(or None to disable it)")
-    if self.temperature <= 0:
-      raise ValueError(f"temperature={self.temperature}; must be > 0")
-    if self.group_size < 1:
-      raise ValueError(f"group_size={self.group_size}; must be >= 1")
-
-  def loss_kwargs(self) -> dict[str, Any]:
-    """Keyword arguments of `grpo_loss` taken from this config."""
-    return dict(clip_low=self.clip_low, clip_high=self.clip_high,
-                clip_ratio_c=self.clip_ratio_c, kl_coef=self.kl_coef,
-                kl_estimator=self.kl_estimator, aggregation=self.aggregation,
-                entropy_coef=self.entropy_coef)
 
 
 def _shift_right(x: jax.Array) -> jax.Array:
@@ -112,7 +73,7 @@ def aggregate(values: jax.Array, batch: TrainBatch, aggregation: str, *,
     total = jnp.sum(sums / jnp.maximum(counts, 1.0))
     count = jnp.sum(counts > 0).astype(jnp.float32) if num_sequences is None else num_sequences
   else:
-    raise ValueError(f"aggregation={aggregation!r}; expected one of {AGGREGATIONS}")
+    raise ValueError(f"aggregation={aggregation!r}; expected one of {config_lib.AGGREGATIONS}")
   return total / jnp.maximum(count, 1.0)
 
 
@@ -175,7 +136,7 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, estimator: str) -> 
     return jnp.clip(jnp.exp(log_ratio) - log_ratio - 1.0, -10.0, 10.0)
   if estimator == "none":
     return jnp.zeros_like(logprobs)
-  raise ValueError(f"kl_estimator={estimator!r}; expected one of {KL_ESTIMATORS}")
+  raise ValueError(f"kl_estimator={estimator!r}; expected one of {config_lib.KL_ESTIMATORS}")
 
 
 def grpo_loss(logprobs: jax.Array, entropy: jax.Array, ref_logprobs: jax.Array | None,
@@ -199,8 +160,9 @@ def grpo_loss(logprobs: jax.Array, entropy: jax.Array, ref_logprobs: jax.Array |
   1 + clip_high), dual_clip_frac, ratio_mean, ppo_kl (mean old_logp - logp), all token means;
   ratio_max / ratio_min; num_tokens (this batch's trained tokens).
   """
-  if kl_estimator not in KL_ESTIMATORS:
-    raise ValueError(f"kl_estimator={kl_estimator!r}; expected one of {KL_ESTIMATORS}")
+  if kl_estimator not in config_lib.KL_ESTIMATORS:
+    raise ValueError(f"kl_estimator={kl_estimator!r}; expected one of "
+                     f"{config_lib.KL_ESTIMATORS}")
   if kl_estimator != "none" and ref_logprobs is None:
     raise ValueError(f"kl_estimator={kl_estimator!r} needs ref_logprobs; pass the reference "
                      "policy's token log-probs or set kl_estimator='none'")

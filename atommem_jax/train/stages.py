@@ -71,22 +71,6 @@ def stage_key(seed: int, stage: str, step: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _STAGE_IDS[stage]), step)
 
 
-def optimizer_config(section) -> state_lib.OptimizerConfig:
-  """The sft or grpo section's optimizer; a cosine or linear schedule decays over the stage's
-  steps (`section.steps`, concrete by then: `setup.with_steps`).
-
-  A stage of no more steps than its warm-up ends before any decay (a smoke run), so its
-  decay is given one step past the warm-up, which it never reaches.
-  """
-  return state_lib.OptimizerConfig(learning_rate=section.lr, warmup_steps=section.warmup_steps,
-                                   schedule=section.schedule,
-                                   total_steps=max(section.steps, section.warmup_steps + 1),
-                                   min_lr_ratio=section.min_lr_ratio,
-                                   weight_decay=section.weight_decay,
-                                   b1=section.b1, b2=section.b2,
-                                   grad_clip_norm=section.grad_clip or None)
-
-
 def checkpointer(job: Job, stage: str) -> checkpoint_lib.Checkpointer:
   c = job.config.checkpoint
   return checkpoint_lib.Checkpointer(fileio.join(job.workdir, "checkpoints", stage),
@@ -192,7 +176,7 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
             evaluate: Evaluator) -> Params:
   """SFT on `examples` for sft.steps steps; returns the final params."""
   c = job.config.sft
-  optimizer = state_lib.make_optimizer(optimizer_config(c))
+  optimizer = state_lib.make_optimizer(config_lib.optimizer_config(job.config, SFT))
   sft_step = steps_lib.make_sft_step(job.model_config, optimizer, job.mesh,
                                      grad_accum_steps=c.grad_accum,
                                      prompt_loss_weight=c.prompt_loss_weight,
@@ -270,12 +254,8 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
              evaluate: Evaluator) -> Params:
   """GRPO from `init` with KL to `reference` for grpo.steps steps; returns the final params."""
   g = job.config.grpo
-  optimizer = state_lib.make_optimizer(optimizer_config(g))
-  grpo_config = losses.GRPOConfig(
-      group_size=g.group_size, normalize_std=g.normalize_std, clip_low=g.clip_low,
-      clip_high=g.clip_high, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
-      aggregation=g.aggregation, entropy_coef=g.entropy_coef,
-      temperature=job.config.rollout.temperature)
+  optimizer = state_lib.make_optimizer(config_lib.optimizer_config(job.config, GRPO))
+  grpo_config = config_lib.grpo_config(job.config)
   distributed.local_batch_shards(job.mesh)  # rollout rows can train where they were made
   grpo_step = steps_lib.make_grpo_step(job.model_config, optimizer, grpo_config, job.mesh,
                                        grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)

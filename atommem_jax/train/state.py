@@ -22,6 +22,9 @@ from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
 
 Params = dict[str, Any]
+# A stage's optimizer settings: the sft/grpo sections' schema, declared where the config
+# builds it.
+OptimizerConfig = config_lib.OptimizerConfig
 
 
 @jax.tree_util.register_dataclass
@@ -35,43 +38,11 @@ class TrainState:
   rng: jax.Array  # typed PRNG key, for the loop's sampling and shuffling
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-  """AdamW with linear warm-up, then constant, cosine or linear decay; defaults follow
-  AtomMem / verl.
-
-  verl's actor optimizer: AdamW(betas 0.9/0.999, weight decay 0.01 on every parameter),
-  gradient clipping at global norm 1.0, warm-up from 0 then constant. AtomMem sets lr 1e-6
-  and 20 warm-up steps.
-  """
-
-  learning_rate: float = 1e-6
-  warmup_steps: int = 20
-  schedule: str = "constant"
-  total_steps: int | None = None  # required by the decaying schedules
-  min_lr_ratio: float = 0.0  # where a decay ends, as a fraction of learning_rate
-  weight_decay: float = 0.01
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  grad_clip_norm: float | None = 1.0
-
-  def __post_init__(self):
-    if self.schedule not in config_lib.SCHEDULES:
-      raise ValueError(f"schedule={self.schedule!r}; expected one of {config_lib.SCHEDULES}")
-    if self.schedule != "constant" and (self.total_steps is None
-                                        or self.total_steps <= self.warmup_steps):
-      raise ValueError(f"schedule={self.schedule!r} needs total_steps > warmup_steps "
-                       f"(got total_steps={self.total_steps}, warmup_steps={self.warmup_steps})")
-    if self.warmup_steps < 0:
-      raise ValueError(f"warmup_steps={self.warmup_steps}; must be >= 0")
-
-
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
   """Step -> learning rate: 0 -> peak linearly over warmup_steps, then constant, or a cosine
   or linear decay to min_lr_ratio x peak at total_steps (linear: TRL / DeepSpeed's
   WarmupDecayLR, the official SFT's)."""
-  peak = config.learning_rate
+  peak = config.lr
   if config.schedule == "cosine":
     after = optax.cosine_decay_schedule(peak, config.total_steps - config.warmup_steps,
                                         alpha=config.min_lr_ratio)
@@ -90,9 +61,9 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   """Global-norm clipping, then AdamW on the schedule."""
   adamw = optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2,
                       eps=config.eps, weight_decay=config.weight_decay)
-  if config.grad_clip_norm is None:
+  if not config.grad_clip:
     return adamw
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
 
 
 def single_device_mesh() -> Mesh:
