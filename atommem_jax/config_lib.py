@@ -94,7 +94,7 @@ class GRPOConfig:
   normalize_std: bool = False  # advantage = reward - group mean (no std division)
   clip_low: float = 0.2
   clip_high: float = 0.28
-  clip_ratio_c: float | None = 3.0  # verl dual-clip bound for A < 0; None disables it
+  clip_ratio_c: float = 3.0  # verl dual-clip bound for A < 0; 0: no dual clip
   kl_coef: float = 0.001
   kl_estimator: str = "k3"
   aggregation: str = "token-mean"
@@ -106,8 +106,8 @@ class GRPOConfig:
            "group)")
     _check(self, 0 <= self.clip_low < 1, "clip_low", "in [0, 1)")
     _check(self, self.clip_high >= 0, "clip_high", ">= 0")
-    _check(self, self.clip_ratio_c is None or self.clip_ratio_c > 1, "clip_ratio_c",
-           "> 1 (the dual-clip bound), or None to disable it")
+    _check(self, self.clip_ratio_c == 0 or self.clip_ratio_c > 1, "clip_ratio_c",
+           "> 1 (the dual-clip bound), or 0 for none")
     _check(self, self.kl_coef >= 0, "kl_coef", ">= 0")
     _check(self, self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"one of {KL_ESTIMATORS}")
     _check(self, self.aggregation in AGGREGATIONS, "aggregation", f"one of {AGGREGATIONS}")
@@ -116,7 +116,7 @@ class GRPOConfig:
   def loss_kwargs(self) -> dict:
     """Keyword arguments of `train.losses.grpo_loss` taken from this config."""
     return dict(clip_low=self.clip_low, clip_high=self.clip_high,
-                clip_ratio_c=self.clip_ratio_c, kl_coef=self.kl_coef,
+                clip_ratio_c=self.clip_ratio_c or None, kl_coef=self.kl_coef,
                 kl_estimator=self.kl_estimator, aggregation=self.aggregation,
                 entropy_coef=self.entropy_coef)
 

@@ -375,3 +375,8 @@ def test_grpo_config_defaults_are_the_paper_settings():
               8, 0.2, 0.28, 0.001, "k3", "token-mean", False)
   with pytest.raises(ValueError, match="kl_estimator"):
     losses.GRPOConfig(kl_estimator="k2")
+  # The dual clip: verl's bound 3 by default; 0 (the config's "none") reaches the loss as None.
+  assert config.loss_kwargs()["clip_ratio_c"] == 3.0
+  assert losses.GRPOConfig(clip_ratio_c=0).loss_kwargs()["clip_ratio_c"] is None
+  with pytest.raises(ValueError, match="clip_ratio_c"):
+    losses.GRPOConfig(clip_ratio_c=0.5)
