@@ -123,7 +123,8 @@ def main(argv=None) -> None:
           env_lib.MemoryEnv(env_lib.EnvConfig(**spec["env"]), tokenizer, embedder),
           oracle.OraclePolicy(), contexts)
       memagent = oracle.run_episodes(
-          env_lib.MemoryEnv(env_lib.EnvConfig(enable_store=False, **spec["env"]), tokenizer, embedder),
+          env_lib.MemoryEnv(env_lib.EnvConfig(enable_store=False, **spec["env"]), tokenizer,
+                            embedder),
           oracle.MemAgentPolicy(tokenizer, scratchpad_tokens=args.memagent_tokens), contexts)
       emit(_row(f"{dataset} oracle", atommem))
       emit(_row(f"{dataset} MemAgent ({args.memagent_tokens} tokens)", memagent))
