@@ -15,6 +15,9 @@ place that checks them (raising ValueError("FIELD=VALUE: what is expected"), whi
 - sft, grpo: `OptimizerConfig` (but total_steps, from the section's steps), and grpo also
   `GRPOConfig` (but temperature, which is rollout.temperature);
 plus the fields only the run reads (steps, epochs, batch sizes, intervals), checked here.
+The rollout section's sampling fields (max_new_tokens, temperature, top_k, top_p: the paper's
+values, not `rollout.sampler.SamplingConfig`'s generic defaults) are checked by
+SamplingConfig alone too (`sampling_config`).
 `OptimizerConfig` and `GRPOConfig` live here, not in train/, because this module builds them
 and train/ imports it (train.state and train.losses re-export them).
 """
@@ -328,12 +331,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
       or any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in buckets)
       or list(buckets) != sorted(set(buckets))):
     _fail("rollout.prompt_buckets", buckets, "a non-empty increasing sequence of positive lengths")
-  if c.rollout.max_new_tokens <= 0:
-    _fail("rollout.max_new_tokens", c.rollout.max_new_tokens, "> 0")
-  if c.rollout.temperature <= 0:
-    _fail("rollout.temperature", c.rollout.temperature, "> 0")
-  if not 0 < c.rollout.top_p <= 1:
-    _fail("rollout.top_p", c.rollout.top_p, "in (0, 1]")
   for section, epochs in (("sft", "epochs"), ("grpo", "data_epochs")):
     if c[section].grad_accum < 1:
       _fail(f"{section}.grad_accum", c[section].grad_accum, ">= 1 micro-batches a step")
@@ -367,6 +364,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if g[field] < 1:
       _fail(f"grpo.{field}", g[field], ">= 1")
   # The fields of the dataclasses check themselves.
+  sampling_config(c, eos_ids=(), pad_id=0)
   env_config(c)
   for stage in ("sft", "grpo"):
     optimizer_config(c, stage)
@@ -453,12 +451,16 @@ def grpo_config(c: ml_collections.ConfigDict) -> GRPOConfig:
 
 
 def sampling_config(c: ml_collections.ConfigDict, *, eos_ids, pad_id: int, greedy: bool = False):
-  """rollout.sampler.SamplingConfig from the rollout section."""
+  """rollout.sampler.SamplingConfig from the rollout section; a value it refuses raises
+  ConfigError naming `rollout.FIELD` (its checks are the rollout fields' only ones)."""
   from atommem_jax.rollout import sampler  # pylint: disable=g-import-not-at-top
   r = c.rollout
-  return sampler.SamplingConfig(max_new_tokens=r.max_new_tokens, greedy=greedy,
-                                temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                                eos_ids=tuple(eos_ids), pad_id=pad_id)
+  try:
+    return sampler.SamplingConfig(max_new_tokens=r.max_new_tokens, greedy=greedy,
+                                  temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                                  eos_ids=tuple(eos_ids), pad_id=pad_id)
+  except ValueError as e:  # "FIELD=VALUE; what is expected"
+    raise ConfigError(f"config field rollout.{e}") from e
 
 
 _HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"

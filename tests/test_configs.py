@@ -430,6 +430,15 @@ def test_a_dataclass_field_error_names_the_config_field(field, value, expected):
   assert expected in str(error.value)
 
 
+@pytest.mark.parametrize("field, value", [("max_new_tokens", 0), ("temperature", 0.0),
+                                          ("top_p", 1.5), ("top_k", -1)])
+def test_rollout_sampling_fields_are_checked_by_the_sampler_config_naming_the_field(field, value):
+  c = config_lib.load_config_file("tiny")
+  c.rollout[field] = value
+  with pytest.raises(config_lib.ConfigError, match=rf"config field rollout\.{field}={value}"):
+    config_lib.validate(c)
+
+
 def test_a_field_the_dataclass_lacks_is_refused_naming_it():
   """A config still writing the old switch name `env["update"]` is told the section's fields."""
   c = config_lib.load_config_file("tiny")
