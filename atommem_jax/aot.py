@@ -27,7 +27,7 @@ Programs, each built by the code a run uses (`train.steps`, `rollout.sampler`,
 Topologies (`atommem_jax.topologies`): TPU slices (v5p-8 ... v6e-256) compile through libtpu
 (`pip install -e '.[tpu]'`, which `make test` does) on this CPU host. There is no CUDA compiler without a GPU, so
 "cpu-N" compiles for N host devices, which checks that every sharding is legal, and prints
-`estimate`'s analytic per-GPU bytes against an A800 80GB at XLA's 92% share.
+`estimate`'s analytic per-GPU bytes against an A800 80GB at XLA's 92 per cent share.
 
 The tokenizer does not enter the programs: the model's vocabulary is the preset's (or
 model.hf_dir's), and a model.hf_dir that does not exist here falls back to model.preset.
@@ -61,6 +61,7 @@ from jax.experimental import topologies as jax_topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
+from atommem_jax import cli
 from atommem_jax import config_lib
 from atommem_jax import fileio
 from atommem_jax import topologies
@@ -500,7 +501,8 @@ def table(fits: Sequence[Fit], capacity: int) -> str:
   return _columns(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (configs/*.py)")
+PROG = "atommem_jax.aot"
+config_flags.DEFINE_config_file("config", None, "experiment config (configs/*.py)")
 _TOPOLOGY = flags.DEFINE_enum("topology", "v5p-16", list(topologies.TOPOLOGIES),
                               "slice to compile for (cpu-N: N host devices, GPU estimate)")
 _PROGRAMS = flags.DEFINE_list("programs", list(PROGRAMS), f"programs to compile, of {PROGRAMS}")
@@ -538,23 +540,18 @@ def run(c: ml_collections.ConfigDict, topology: topologies.Topology,
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config configs/qwen3_8b_tpu.py")
+  del argv  # cli.run refuses positional arguments
+  config = cli.load_config(PROG, example="configs/qwen3_8b_tpu.py", cpu_devices=False)
   unknown = sorted(set(_PROGRAMS.value) - set(PROGRAMS))
   if unknown:
     raise app.UsageError(f"--programs {unknown}: not among {PROGRAMS}")
   topology = topologies.get(_TOPOLOGY.value)
   if not topology.is_tpu:
     request_host_devices(topology.num_devices)
-  try:
-    ok = run(_CONFIG.value, topology, _PROGRAMS.value, sft_rows=_SFT_ROWS.value,
-             grpo_rows=_GRPO_ROWS.value, rollout_rows=_ROLLOUT_ROWS.value)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(str(e)) from e
+  ok = run(config, topology, _PROGRAMS.value, sft_rows=_SFT_ROWS.value,
+           grpo_rows=_GRPO_ROWS.value, rollout_rows=_ROLLOUT_ROWS.value)
   sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, PROG)

@@ -29,6 +29,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from atommem_jax import cli
 from atommem_jax import config_lib
 from atommem_jax import fileio
 from atommem_jax.agent import env as env_lib
@@ -42,6 +43,7 @@ from atommem_jax.rollout import host
 from atommem_jax.train import contexts as contexts_lib
 
 FLAGS = flags.FLAGS
+PROG = "atommem_jax.collect"
 
 
 def define_flags() -> None:
@@ -86,6 +88,10 @@ class Collected:
             f"{self.kept} episodes, {self.rows} examples")
 
 
+class NothingKeptError(ValueError):
+  """No episode reached --min_reward: there is nothing to write."""
+
+
 def collect(contexts: Sequence[multihop.LongContext], run_batch: RunBatch, batch_size: int,
             min_reward: float, out: str,
             progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
@@ -104,8 +110,9 @@ def collect(contexts: Sequence[multihop.LongContext], run_batch: RunBatch, batch
         lines += [json.dumps(row, ensure_ascii=False) for row in rows]
     progress(counts.line(len(contexts)))
   if not lines:
-    raise ValueError(f"no episode reached reward {min_reward} in {len(contexts)} contexts; "
-                     "nothing to write (lower --min_reward or check the teacher)")
+    raise NothingKeptError(f"no episode reached reward {min_reward} in {len(contexts)} "
+                           "contexts; nothing to write (lower --min_reward or check the "
+                           "teacher)")
   fileio.write_text(out, "\n".join(lines) + "\n")
   return counts
 
@@ -166,8 +173,6 @@ def _hf_dir(teacher: str) -> str | None:
 
 
 def _check_flags() -> None:
-  if FLAGS.config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
   teacher = FLAGS.teacher or ""
   hf_dir = _hf_dir(teacher)
   if teacher not in SCRIPTED and not hf_dir:
@@ -178,34 +183,35 @@ def _check_flags() -> None:
     raise app.UsageError("--out is required: the chat-message JSON lines to write")
   if FLAGS.temperature <= 0:
     raise app.UsageError(f"--temperature {FLAGS.temperature}: must be > 0")
+  for path in FLAGS.data or ():
+    if not fileio.isfile(path):
+      raise app.UsageError(f"--data {path}: no such file; build one with `python -m "
+                           "atommem_jax.data.build`")
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses positional arguments
+  config = cli.load_config(PROG)
   _check_flags()
-  config = FLAGS.config
-  try:
-    config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(str(e)) from e
-  config_lib.request_cpu_devices(config)
   teacher = FLAGS.teacher
   hf_dir = _hf_dir(teacher)
-  try:
+  contexts = load_contexts(config, FLAGS.data, FLAGS.limit)
+  try:  # the tokenizer field and an hf: teacher's files are the user's to fix
     tokenizer = tokenizer_lib.load_tokenizer(
         tokenizer_lib.resolve_tokenizer_dir(config.tokenizer, hf_dir))
-    contexts = load_contexts(config, FLAGS.data, FLAGS.limit)
     run_batch = (model_runner(hf_dir, config, tokenizer, FLAGS.temperature) if hf_dir
                  else scripted_runner(teacher, config, tokenizer))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  try:
     counts = collect(contexts, run_batch, config.eval.batch_size, FLAGS.min_reward,
                      FLAGS.out)
-  except (multihop.DataError, ValueError, OSError) as e:
-    sys.exit(f"error: {e}")
+  except NothingKeptError as e:
+    raise app.UsageError(str(e)) from e
   print(f"wrote {counts.rows} examples from {counts.kept} of {counts.contexts} episodes "
         f"(reward >= {FLAGS.min_reward}) to {FLAGS.out}")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, PROG)

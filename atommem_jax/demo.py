@@ -23,14 +23,15 @@ import json
 import time
 from typing import Sequence
 
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from atommem_jax import cli
 from atommem_jax import fileio
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "experiment config")
+PROG = "atommem_jax.demo"
+
+config_flags.DEFINE_config_file("config", "configs/tiny.py", "experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "run directory")
 _ABLATION = flags.DEFINE_enum("ablation", "eval", ["sft", "eval", "none"],
                               "no-Update ablation: a second SFT without Update, the SFT policy "
@@ -38,17 +39,8 @@ _ABLATION = flags.DEFINE_enum("ablation", "eval", ["sft", "eval", "none"],
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  try:
-    config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(str(e)) from e
-  config_lib.request_cpu_devices(config)
+  del argv  # cli.run refuses positional arguments
+  config = cli.load_config(PROG)
   from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
   started = time.perf_counter()
   main_run = loop.run(config, _WORKDIR.value)
@@ -79,5 +71,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, PROG)

@@ -35,9 +35,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from atommem_jax import cli
 from atommem_jax import fileio
 
 FLAGS = flags.FLAGS
+PROG = "atommem_jax.evaluate"
 
 
 def define_flags() -> None:
@@ -58,8 +60,6 @@ _SHOWN_CHARS = 400  # chunk and memory texts are cut to this in episodes.md
 
 
 def _check_flags() -> None:
-  if FLAGS.config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
   if FLAGS.checkpoint and FLAGS.hf_dir:
     raise app.UsageError("give either --checkpoint (a training run) or --hf_dir (a Hugging "
                          "Face directory), not both")
@@ -97,13 +97,12 @@ def load_contexts(config, path: str, limit: int | None = None):
 
 
 def restore_params(directory: str, model_config, mesh):
-  """Params of the newest complete step of a training run, in `model_config`'s dtypes."""
+  """Params of the newest step of a training run that restores, in `model_config`'s dtypes
+  (CheckpointError naming each step and what is wrong when none does)."""
   from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   with checkpoint_lib.Checkpointer(directory) as manager:
     step = manager.latest_step()
-    if step is None:
-      raise app.UsageError(f"--checkpoint {directory}: no complete checkpoint step in it")
     params, _ = manager.restore_params(state_lib.abstract_params(model_config, mesh), step=step)
   print(f"restored params of step {step} from {directory}")
   return params
@@ -158,6 +157,7 @@ def run(config, data: Sequence[str], out: str, *, checkpoint: str | None = None,
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.memory import embed  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import evaluation  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
   mesh = config_lib.make_mesh(config)
@@ -165,6 +165,12 @@ def run(config, data: Sequence[str], out: str, *, checkpoint: str | None = None,
   if checkpoint:
     checkpoint_dir, workdir = run_files.find_checkpoints(checkpoint)
     trained = run_files.trained_model(workdir)
+    if policy == "model":  # said first: the run's tokenizer is looked for next
+      with checkpoint_lib.Checkpointer(checkpoint_dir) as manager:
+        if not manager.complete_steps():
+          raise app.UsageError(f"--checkpoint {checkpoint}: no complete checkpoint step under "
+                               f"{checkpoint_dir}; give a training run's workdir or one of "
+                               "its checkpoint directories")
   hf_dir = hf_dir or (None if checkpoint else config.model.hf_dir or None)
   try:  # the tokenizer the run recorded, else the model directory's, else the config's
     tokenizer_dir = (trained[1] if trained is not None else
@@ -288,21 +294,13 @@ def episode_log(name: str, context, rollout) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses positional arguments
+  config = cli.load_config(PROG)
   _check_flags()
-  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
-  config = FLAGS.config
-  try:
-    config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(str(e)) from e
-  config_lib.request_cpu_devices(config)
   run(config, FLAGS.data, FLAGS.out, checkpoint=FLAGS.checkpoint, hf_dir=FLAGS.hf_dir,
       limit=FLAGS.limit, policy=FLAGS.policy)
 
 
 if __name__ == "__main__":
-  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, PROG)

