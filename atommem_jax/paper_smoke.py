@@ -85,7 +85,7 @@ def overrides(size: str) -> list[tuple[str, str, str]]:
 
 def write_random_qwen3(directory: str, seed: int = 0) -> None:
   """A 2-layer random Qwen3 with the real vocabulary and tokenizer, as transformers saves it."""
-  config = model_config_lib.preset("tiny-qwen-vocab")
+  config = model_config_lib.preset("micro-qwen-vocab")
   params = qwen3.init_params(config, jax.random.key(seed))
   hf.save_hf(config, params, directory, tokenizer_dir=tokenizer_lib.qwen3_tokenizer_dir())
 

@@ -127,7 +127,7 @@ def main() -> None:
   if args.backend == "torch" and args.qk_norm_init != 1.0:
     parser.error("--qk_norm_init is for --backend jax only")
 
-  config = model_config_lib.preset("tiny").replace(
+  config = model_config_lib.preset("micro").replace(
       vocab_size=2048, hidden_size=args.width, intermediate_size=3 * args.width,
       num_hidden_layers=args.layers, num_attention_heads=args.heads,
       num_key_value_heads=max(1, args.heads // 2), head_dim=args.width // args.heads,

@@ -24,21 +24,21 @@ import time
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 
-# Small versions of each benchmark (same code paths, tiny presets and shapes, one repeat).
+# Small versions of each benchmark (same code paths, the micro preset and small shapes, one repeat).
 QUICK = {
-    "bench_attention": ["--preset", "tiny", "--lengths", "256,512", "--repeats", "1"],
-    "bench_losses": ["--preset", "tiny", "--lengths", "256", "--chunks", "0,64",
+    "bench_attention": ["--preset", "micro", "--lengths", "256,512", "--repeats", "1"],
+    "bench_losses": ["--preset", "micro", "--lengths", "256", "--chunks", "0,64",
                      "--time_lengths", "256", "--repeats", "1"],
     "bench_embed": ["--layers", "1", "--episodes", "2", "--steps", "1"],
-    "bench_model": ["--presets", "tiny", "--batch", "2", "--prompt_len", "64",
+    "bench_model": ["--presets", "micro", "--batch", "2", "--prompt_len", "64",
                     "--new_tokens", "8", "--repeats", "1"],
     "bench_protocol": ["--settings", "test", "--contexts", "1"],
-    "bench_rollout": ["--presets", "tiny", "--batch", "2", "--prompt_len", "64",
+    "bench_rollout": ["--presets", "micro", "--batch", "2", "--prompt_len", "64",
                       "--new_tokens", "16", "--contexts", "1", "--group_size", "2",
                       "--repeats", "1"],
     "bench_store": ["--sizes", "1000", "--ops", "20", "--repeats", "2",
                     "--recall-queries", "50"],
-    "bench_train": ["--presets", "tiny", "--shapes", "2x64", "--repeats", "1"],
+    "bench_train": ["--presets", "micro", "--shapes", "2x64", "--repeats", "1"],
     "probe_recall": ["--steps", "20", "--every", "10"],
 }
 

@@ -16,12 +16,10 @@ def get_config():
   # Data parallel over the 2 cores of the CPU this default is sized for (1.5x the SFT steps
   # per second of one device; an XLA_FLAGS that sets the host device count wins).
   c.mesh.cpu_devices = 2
+  # The "tiny" preset (atommem_jax.model.config): a 2048-entry vocabulary makes every
+  # synthetic name one token, with or without a space.
   c.model.update(preset="tiny", param_dtype="float32", dtype="float32", rollout_dtype="float32",
                  remat="none")
-  # Architecture fields replacing the preset's (applied by atommem_jax.train.setup): a
-  # 2048-entry vocabulary makes every synthetic name one token, with or without a space.
-  c.model.overrides.update(vocab_size=2048, hidden_size=128, intermediate_size=384,
-                           num_hidden_layers=2, head_dim=32)
   c.tokenizer = "synthetic"
   c.embedder = "hashing:256"
   c.env.update(chunk_tokens=96, chunk_overlap=8, max_chunks=8, top_k=3, max_retrieved_tokens=96,

@@ -16,9 +16,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def small_config():
-  """The tiny preset at short lengths, FSDP over every device: compiles in seconds."""
+  """The micro preset at short lengths, FSDP over every device: compiles in seconds."""
   c = config_lib.base_config()
-  c.model.update(preset="tiny", hf_dir="")
+  c.model.update(preset="micro", hf_dir="")
   c.tokenizer = "synthetic"
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   c.sft.update(batch_size=8, max_len=256)
@@ -43,7 +43,7 @@ def test_every_program_compiles_for_a_tpu_slice_and_fits():
 def test_a_program_that_does_not_fit_exits_1_with_a_one_line_verdict():
   # 4096 episodes of 16k tokens per v5e chip: the KV cache alone is ~32 GiB of its 15.75.
   command = [sys.executable, "-m", "atommem_jax.aot", "--config", "configs/base.py",
-             "--config.model.preset=tiny", "--config.model.hf_dir=", "--config.tokenizer=synthetic",
+             "--config.model.preset=micro", "--config.model.hf_dir=", "--config.tokenizer=synthetic",
              "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--topology", "v5e-8",
              "--programs", "sampler", "--rollout_rows", "4096"]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,

@@ -235,9 +235,9 @@ def _largest_array(hlo: str) -> int:
 
 @functools.cache
 def _model_grad_hlo(**overrides) -> str:
-  """Compiled HLO of jax.grad of the tiny model's forward at T = 1024, blocks of 128."""
+  """Compiled HLO of jax.grad of the micro model's forward at T = 1024, blocks of 128."""
   length = 1024
-  config = preset("tiny", num_hidden_layers=2, attention_block_q=128, attention_block_k=128,
+  config = preset("micro", num_hidden_layers=2, attention_block_q=128, attention_block_k=128,
                   **overrides)
   params = jax.eval_shape(lambda key: qwen3.init_params(config, key), jax.random.key(0))
 
@@ -254,7 +254,7 @@ def _model_grad_hlo(**overrides) -> str:
 def test_blockwise_model_gradient_holds_no_layer_of_scores(remat, scan_layers):
   """jax.grad of the whole model (layers in a differentiated scan, the mask a constant of it)
   has no array as large as one layer's scores [B, K, G, T, S]: the tiles are never stacked."""
-  config = preset("tiny")
+  config = preset("micro")
   scores = 1024 * 1024 * config.num_attention_heads  # B = 1, K * G = N
   blockwise = _model_grad_hlo(attention="blockwise", remat=remat, scan_layers=scan_layers)
   assert _largest_array(blockwise) < scores

@@ -179,7 +179,7 @@ def test_cli_writes_the_file_and_reports_bad_flags(tmp_path):
 
 @pytest.mark.slow
 def test_hf_teacher_samples_at_its_temperature_and_round_trips(tmp_path, monkeypatch):
-  model_config = model_config_lib.preset("tiny-qwen-vocab")
+  model_config = model_config_lib.preset("micro-qwen-vocab")
   hf_dir = str(tmp_path / "hf")
   hf.save_hf(model_config, qwen3.init_params(model_config, jax.random.key(1)), hf_dir,
              tokenizer_dir=tokenizer_lib.qwen3_tokenizer_dir())

@@ -109,14 +109,14 @@ def test_load_config_file_errors_name_the_problem(tmp_path):
 
 def test_model_overrides_replace_preset_fields_and_bad_ones_name_the_field():
   config = config_lib.load_config_file("tiny")
+  config.model.overrides.update(vocab_size=4096, hidden_size=96, num_hidden_layers=3)
   model = config_lib.model_config(config)
-  assert (model.vocab_size, model.hidden_size, model.num_hidden_layers) == (
-      config.model.overrides.vocab_size, config.model.overrides.hidden_size,
-      config.model.overrides.num_hidden_layers)
+  assert (model.vocab_size, model.hidden_size, model.num_hidden_layers) == (4096, 96, 3)
   config.model.overrides.no_such_field = 3
   with pytest.raises(config_lib.ConfigError, match=r"model\.overrides.*no_such_field"):
     config_lib.validate(config)
   config = config_lib.load_config_file("tiny")
+  config.model.overrides.hidden_size = 96
   config.model.hf_dir = "/some/hf/dir"
   with pytest.raises(config_lib.ConfigError, match=r"model\.overrides.*model\.hf_dir"):
     config_lib.validate(config)
@@ -157,7 +157,7 @@ def test_architecture_overrides_are_the_models_fields_and_set_from_the_command_l
   shown = json.loads(result.stdout.strip().splitlines()[-1])
   assert (shown["num_hidden_layers"], shown["rope_theta"], shown["attention_bias"]) == (
       3, 10000.0, True)
-  assert (shown["hidden_size"], shown["vocab_size"]) == (128, 2048)  # tiny.py's overrides
+  assert (shown["hidden_size"], shown["vocab_size"]) == (128, 2048)  # the tiny preset's
   preset = model_config_lib.preset("tiny")
   assert (shown["num_attention_heads"], shown["rms_norm_eps"]) == (
       preset.num_attention_heads, preset.rms_norm_eps)  # unset: the preset's

@@ -35,7 +35,7 @@ ENV_CONFIG = env_lib.EnvConfig(chunk_tokens=128, chunk_overlap=8, max_chunks=8, 
 # With the compact template, read prompts of these contexts have 210-240 tokens and answer
 # prompts 135-160 (oracle): the loop switches between both buckets within one run.
 BUCKETS = (192, 256)
-MODEL = config_lib.preset("tiny-qwen-vocab")
+MODEL = config_lib.preset("micro-qwen-vocab")
 MESHES = {"data8": {"data": 8, "fsdp": 1, "tensor": 1},
           "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
 

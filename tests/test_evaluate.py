@@ -86,21 +86,18 @@ def test_oracle_through_the_cli_is_near_perfect(tmp_path):
 def test_random_init_model_through_the_cli(tmp_path):
   out = tmp_path / "out"
   run = _evaluate("--data=synthetic", "--limit=2", f"--out={out}",
-                  # configs/tiny.py's model.overrides apply over any preset: 2048 entries
-                  # would not hold the Qwen3 tokenizer.
-                  "--config.model.preset=tiny-qwen-vocab",
-                  "--config.model.overrides.vocab_size=151936",
+                  "--config.model.preset=micro-qwen-vocab",
                   "--config.rollout.max_new_tokens=4",
                   "--config.rollout.prompt_buckets=(512,)")
   assert run.returncode == 0, run.stderr[-3000:]
   summary = _check_outputs(out, ["synthetic"])
-  assert summary["weights"] == "random init of tiny-qwen-vocab"
+  assert summary["weights"] == "random init of micro-qwen-vocab"
   assert 0.0 <= summary["datasets"]["synthetic"]["exact_match"] <= 1.0
 
 
 @pytest.mark.slow
 def test_hf_dir_model_through_the_cli(tmp_path):
-  config = config_lib.preset("tiny-qwen-vocab")
+  config = config_lib.preset("micro-qwen-vocab")
   hf.save_hf(config, qwen3.init_params(config, jax.random.key(1)), str(tmp_path / "hf"),
              tokenizer_dir=qwen3_tokenizer_dir())
   out = tmp_path / "out"
@@ -111,7 +108,7 @@ def test_hf_dir_model_through_the_cli(tmp_path):
 
 
 def test_checkpoint_params_are_restored_in_the_rollout_dtype(tmp_path):
-  config = config_lib.preset("tiny")
+  config = config_lib.preset("micro")
   optimizer = state_lib.make_optimizer(state_lib.OptimizerConfig())
   state = state_lib.create_train_state(config, jax.random.key(0), optimizer)
   with checkpoint_lib.Checkpointer(tmp_path, async_save=False) as checkpointer:

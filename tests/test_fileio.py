@@ -147,7 +147,7 @@ def test_metric_writer_on_a_url_writes_what_it_writes_on_disk(memory, tmp_path):
 
 def test_run_records_on_a_url(memory):
   from atommem_jax.model import config as model_config_lib  # pylint: disable=g-import-not-at-top
-  config = model_config_lib.preset("tiny")
+  config = model_config_lib.preset("micro")
   run_files.write("memory://bucket/run", config, "memory://bucket/run/tokenizer")
   assert run_files.trained_model("memory://bucket/run") == (config,
                                                            "memory://bucket/run/tokenizer")

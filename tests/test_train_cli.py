@@ -99,8 +99,8 @@ def test_train_end_to_end_and_export(tmp_path):
     assert torch.equal(a, b), name  # the final GRPO checkpoint is the final policy
   assert os.path.isfile(os.path.join(exported, "tokenizer_config.json"))
 
-  # `evaluate --checkpoint` rebuilds the model the run trained (configs/tiny.py overrides the
-  # preset's architecture and grows the vocab to its tokenizer) and replays the run's own
+  # `evaluate --checkpoint` rebuilds the model the run trained (the run grows the preset's
+  # vocab to its tokenizer when it must) and replays the run's own
   # final evaluation through the same function: the same row, field for field (only the CLI
   # traces the reads behind answer_retrieved; evaluations.json adds the step).
   out = str(tmp_path / "eval")

@@ -202,14 +202,21 @@ PRESETS: dict[str, Qwen3Config] = {
     "qwen3-0.1b": Qwen3Config(vocab_size=151_936, hidden_size=512, intermediate_size=1536,
                               num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                               head_dim=64, tie_word_embeddings=True),
-    # Tiny configs for tests and the CPU demo.
-    "tiny": Qwen3Config(vocab_size=1024, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                        tie_word_embeddings=True, bos_token_id=None, eos_token_id=2,
+    # The model of configs/tiny.py (`make demo` on a 2-core CPU): its 2048-entry vocabulary
+    # makes every synthetic name one token of the synthetic BPE.
+    "tiny": Qwen3Config(vocab_size=2048, hidden_size=128, intermediate_size=384,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        head_dim=32, tie_word_embeddings=True, bos_token_id=None, eos_token_id=2,
                         pad_token_id=0),
-    "tiny-qwen-vocab": Qwen3Config(vocab_size=151_936, hidden_size=64, intermediate_size=192,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, head_dim=32, tie_word_embeddings=True),
+    # The unit-test size (width 64): the smallest model that still has every part.
+    "micro": Qwen3Config(vocab_size=1024, hidden_size=64, intermediate_size=192,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, tie_word_embeddings=True, bos_token_id=None,
+                         eos_token_id=2, pad_token_id=0),
+    # The unit-test size with the real Qwen3 vocabulary (runs with the real tokenizer).
+    "micro-qwen-vocab": Qwen3Config(vocab_size=151_936, hidden_size=64, intermediate_size=192,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=32, tie_word_embeddings=True),
 }
 
 
