@@ -112,6 +112,31 @@ def test_blockwise_matches_dense_on_cache_prefill_chunk():
                         q, k, v, mask)
 
 
+@pytest.mark.parametrize("heads", [(4, 2), (4, 1), (2, 2)], ids=["gqa2", "mqa", "mha"])
+def test_decode_matches_dense_on_one_cached_query(heads):
+  """One query at slot 10 of a 24-slot cache, rows 1 and 2 left-padded by 3: forward and
+  gradients."""
+  mask = _cached(3, 1, 24, index=10)
+  q, k, v = _qkv(3, 1, 24, *heads)
+  _assert_matches_dense(lambda q, k, v: attention.decode_attention(q, k, v, mask), q, k, v,
+                        mask)
+
+
+def test_decode_in_bf16_and_its_errors():
+  """bf16 inputs: a bf16 result near fp32 dense attention of the same values (the softmax
+  and both reductions run in fp32). More than one query: an error naming the fix."""
+  mask = _cached(3, 1, 24, index=10)
+  q, k, v = _qkv(3, 1, 24, 4, 2, dtype=jnp.bfloat16)
+  out = attention.decode_attention(q, k, v, mask)
+  assert out.dtype == jnp.bfloat16
+  expected = attention.dense_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask)
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(expected), rtol=0,
+                             atol=2e-2)
+  q2, k24, v24 = _qkv(3, 2, 24, 4, 2)
+  with pytest.raises(ValueError, match="one query per row.*blockwise_attention"):
+    attention.decode_attention(q2, k24, v24, _cached(3, 2, 24, index=10))
+
+
 def test_blockwise_fully_masked_rows_are_zero_and_gradients_finite():
   mask = AttentionMask.causal(_left_padded([5, 0], 8))
   q, k, v = _qkv(2, 8, 8, 4, 2)
@@ -216,11 +241,14 @@ def test_dispatch():
                                     q6[:, :1], k24, v24)
   assert not {"scan", "pallas_call"} & decode("splash")
   assert "scan" in decode("blockwise")
-  # auto lowers only this platform's branch: blockwise (a loop) on CPU, for decode too.
+  # auto lowers only this platform's branch: on CPU blockwise (a loop), and for a single
+  # query the decode path (neither a loop nor dense's dot).
   lowered = lambda impl, *x: jax.jit(lambda *x: attention.attention(*x, impl)).lower(*x).as_text()
-  assert "stablehlo.while" in lowered("auto", q6[:, :1], k24, v24, one)
   assert "stablehlo.while" in lowered("auto", q, k, v, mask)
-  assert "stablehlo.while" not in lowered("dense", q6[:, :1], k24, v24, one)
+  auto_decode = lowered("auto", q6[:, :1], k24, v24, one)
+  assert "stablehlo.while" not in auto_decode and "dot_general" not in auto_decode
+  dense_decode = lowered("dense", q6[:, :1], k24, v24, one)
+  assert "stablehlo.while" not in dense_decode and "dot_general" in dense_decode
   with pytest.raises(ValueError, match="needs a CUDA GPU"):
     attention.attention(q, k, v, mask, "cudnn")
   with pytest.raises(ValueError, match="expected one of"):

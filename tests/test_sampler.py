@@ -129,6 +129,21 @@ def test_first_token_frequencies_follow_the_filtered_distribution(models):
   np.testing.assert_allclose(counts, nucleus, atol=4 * np.sqrt(0.25 / rows))
 
 
+def test_greedy_pick_is_the_first_maximum_and_its_log_softmax():
+  """Against numpy (float64) on rows with tied maxima, including a tie at index 0."""
+  logits = np.random.RandomState(3).randint(-4, 3, (5, 1000)).astype(np.float32)
+  logits[0, :] = -5.0
+  logits[0, [0, 999]] = 7.0
+  token, logprob = jax.jit(lambda x: sampler._pick(
+      x, jax.random.key(0), sampler.SamplingConfig(greedy=True)))(jnp.asarray(logits))
+  expected = logits.argmax(axis=-1)
+  assert np.asarray(token).tolist() == expected.tolist() and expected[0] == 0
+  x = logits.astype(np.float64)
+  log_softmax = x - x.max(-1, keepdims=True)
+  log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+  np.testing.assert_allclose(logprob, log_softmax[np.arange(5), expected], rtol=0, atol=1e-5)
+
+
 def test_bucketing_and_padding_errors():
   assert sampler.bucket_length(5, (8, 16)) == 8
   assert sampler.bucket_length(16, (16, 8)) == 16

@@ -12,9 +12,10 @@ builds only the mask blocks it needs from it:
 - splash: the Pallas TPU splash-attention kernel with segment ids.
 `attention` dispatches on the config's choice; "auto" picks per lowering platform with
 `lax.platform_dependent`, so ahead-of-time compilation for TPU from a CPU host picks splash.
-A single query (T == 1, decode over the cache) never needs a fused kernel: its scores are
-[B, N, 1, S]. On CPU blockwise is faster than dense there too (bench/bench_attention.py);
-elsewhere the fallback for one query is dense.
+A single query (T == 1, decode over the cache) never needs a fused kernel or tiles: its
+scores are [B, N, 1, S]. "auto" runs `decode_attention` there on CPU (one fused pass over the
+cache, no padding to a tile, no transposed copy of k and v); elsewhere the fallback for one
+query is dense.
 
 Letters: B batch, T query length, S key length, N query heads, K kv heads, G = N // K,
 H head dim.
@@ -105,6 +106,33 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                     mask: AttentionMask) -> jax.Array:
   """The reference: `dot_product_attention` with the full [B, T, S] mask."""
   return dot_product_attention(q, k, v, mask.dense())
+
+
+def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     mask: AttentionMask) -> jax.Array:
+  """One query per row over a cache: q [B, 1, N, H], k/v [B, S, K, H] -> [B, 1, N, H].
+
+  Dense's result (fp32 softmax, the same finite masked logit) on every row that sees a key;
+  a fully masked row gives zeros, as blockwise does. Written as multiply-and-reduce so that
+  XLA:CPU reads k and v once each in their cache layout: a dot over [B, S, K, H] would first
+  copy them transposed to [B, K, S, H], and the blockwise path pads the cache to whole tiles
+  (the decode profile in BENCHMARKS.md). k and v are read through a select on the visible
+  slots: read plainly, XLA folded the layer's read into the cache update and then copied the
+  whole stacked cache at every step (tests/test_decode_program.py).
+  """
+  batch, length, num_heads, head_dim = q.shape
+  if length != 1:
+    raise ValueError(f"decode_attention: one query per row, got q of shape {q.shape}; "
+                     "use blockwise_attention for longer queries")
+  num_kv_heads = k.shape[2]
+  q = q.reshape(batch, 1, num_kv_heads, num_heads // num_kv_heads, head_dim)
+  visible = mask.block(0, 1, 0, k.shape[1])[:, 0, :, None, None]  # [B, S, 1, 1]
+  k, v = (jnp.where(visible, x.astype(jnp.float32), 0.0) for x in (k, v))
+  scores = jnp.sum(q.astype(jnp.float32) * k[:, :, :, None, :], axis=-1) * head_dim**-0.5
+  scores = jnp.where(visible, scores, _MASKED_LOGIT)  # [B, S, K, G]
+  probs = jax.nn.softmax(scores, axis=1)
+  out = jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1)
+  return out.reshape(batch, 1, num_heads, head_dim).astype(q.dtype)
 
 
 # --- blockwise -------------------------------------------------------------------------------
@@ -374,8 +402,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
 
   "dense" and "blockwise" are used as named. A fused kernel ("cudnn", "splash") runs where
   it can express the call; elsewhere, and for a single query (decode), the fallback is
-  blockwise for T > 1 and dense for T == 1. "auto": blockwise on CPU (decode included: it is
-  faster there than dense, bench/bench_attention.py), splash on TPU, cuDNN on GPU.
+  blockwise for T > 1 and dense for T == 1. "auto": blockwise on CPU, `decode_attention` for
+  a single query there; splash on TPU, cuDNN on GPU.
   """
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r}; expected one of "
@@ -401,7 +429,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
       raise ValueError("attention='cudnn' needs a CUDA GPU (jax.devices('gpu') is empty); "
                        "set the model config's attention to 'auto' or 'blockwise'")
     return cudnn_or_fallback(q, k, v, mask)
-  per_platform = dict(cpu=blockwise, tpu=splash_or_fallback)
+  per_platform = dict(cpu=decode_attention if decode else blockwise, tpu=splash_or_fallback)
   if _gpu_available():  # the cuDNN call cannot even be traced without a GPU backend
     per_platform["cuda"] = cudnn_or_fallback
   return jax.lax.platform_dependent(q, k, v, mask, default=fallback, **per_platform)

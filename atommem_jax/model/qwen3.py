@@ -56,6 +56,7 @@ class Qwen3(nn.Module):
 
   config: Qwen3Config
   shard: sharding.ActivationSharding = sharding.ActivationSharding()
+  unstacked_layers: bool = False  # params from `unstack_layers`: the layers run unrolled
 
   @nn.compact
   def __call__(self, token_ids: jax.Array, positions: jax.Array,
@@ -71,8 +72,13 @@ class Qwen3(nn.Module):
     cfg = self.config
     embedder = Embedder(cfg, name="embedder")
     x = self.shard(embedder.encode(token_ids), ("act_batch", "act_length", "act_embed"))
-    (x, kv_cache), _ = _layers.layer_stack(cfg)(cfg, self.shard, name="layers")(
-        (x, kv_cache), positions, mask, jnp.arange(cfg.num_hidden_layers), cache_index)
+    if self.unstacked_layers:
+      for layer in range(cfg.num_hidden_layers):
+        (x, kv_cache), _ = _layers.DecoderLayer(cfg, self.shard, name=f"layers_{layer}")(
+            (x, kv_cache), positions, mask, jnp.int32(layer), cache_index)
+    else:
+      (x, kv_cache), _ = _layers.layer_stack(cfg)(cfg, self.shard, name="layers")(
+          (x, kv_cache), positions, mask, jnp.arange(cfg.num_hidden_layers), cache_index)
     x = _layers.RMSNorm(cfg.rms_norm_eps, "norm", cfg.jnp_param_dtype, name="final_norm")(x)
     if hidden_only:
       return x, kv_cache
@@ -164,7 +170,8 @@ def forward(config: Qwen3Config, params: Params, token_ids: jax.Array, positions
   With a cache, the T tokens go to slots index..index+T-1 (the caller keeps
   index + T <= max_len) and attend to every valid earlier slot; the cache comes back with
   index += T. segment_ids cannot be combined with a cache. hidden_only: the final normed
-  hidden states [B, T, D] instead of the logits (see `lm_head`).
+  hidden states [B, T, D] instead of the logits (see `lm_head`). params may come from
+  `unstack_layers` (inference: the layers then run unrolled, without remat).
   """
   batch, length = token_ids.shape
   valid = (jnp.ones((batch, length), bool) if attention_mask is None
@@ -183,12 +190,26 @@ def forward(config: Qwen3Config, params: Params, token_ids: jax.Array, positions
     kv_cache = (cache["k"], cache["v"])
     mask = attention.AttentionMask(index + jnp.arange(length, dtype=jnp.int32), key_valid)
   shard = sharding.ActivationSharding(mesh, rules or sharding.DEFAULT_RULES)
-  outputs, kv_cache = Qwen3(config, shard).apply(
+  outputs, kv_cache = Qwen3(config, shard, unstacked_layers="layers" not in params).apply(
       {"params": params}, token_ids, positions, mask, kv_cache, index, hidden_only=hidden_only)
   if cache is None:
     return outputs, None
   new_cache = {"k": kv_cache[0], "v": kv_cache[1], "mask": key_valid, "index": index + length}
   return outputs, new_cache
+
+
+def unstack_layers(params: Params) -> Params:
+  """The params with the stacked "layers" [L, ...] split into "layers_0".."layers_{L-1}".
+
+  `forward` runs such params with the layers unrolled, each reading its own arrays. For
+  inference on CPU (the sampler's decode loop): there XLA copies a scanned layer's slice of
+  the stacked weights at every step (about a tenth of a 0.1B decode step); these copies
+  are made once. The copies double the layers' memory; accelerators keep the stack.
+  """
+  stacked = params["layers"]
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  layers = {f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers)}
+  return {**{k: v for k, v in params.items() if k != "layers"}, **layers}
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

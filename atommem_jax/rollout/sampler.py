@@ -94,15 +94,28 @@ def _filtered_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
   return logits
 
 
+def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """argmax (the first of equal maxima) of fp32 logits [B, V] and its log-probability.
+
+  Two plain reductions over V instead of argmax's (value, index) reduction and a whole
+  log_softmax: XLA:CPU takes 3-4x less time (bench/bench_model.py's decode profile). A row
+  with a NaN logit picks token V - 1.
+  """
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  vocab = logits.shape[-1]
+  token = jnp.min(jnp.where(logits == row_max, jnp.arange(vocab, dtype=jnp.int32), vocab - 1),
+                  axis=-1)
+  log_normalizer = jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1)) + row_max[:, 0]
+  return token, jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - log_normalizer
+
+
 def _pick(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array]:
   """Next token [B] and its log-probability [B] from fp32 logits [B, V]."""
   if sampling.greedy:
-    token = jnp.argmax(logits, axis=-1)
-    logprob = jax.nn.log_softmax(logits, axis=-1)
-  else:
-    scaled = logits / sampling.temperature
-    token = jax.random.categorical(rng, _filtered_logits(scaled, sampling), axis=-1)
-    logprob = jax.nn.log_softmax(scaled, axis=-1)
+    return _greedy(logits)
+  scaled = logits / sampling.temperature
+  token = jax.random.categorical(rng, _filtered_logits(scaled, sampling), axis=-1)
+  logprob = jax.nn.log_softmax(scaled, axis=-1)
   return token.astype(jnp.int32), jnp.take_along_axis(logprob, token[:, None], axis=-1)[:, 0]
 
 
@@ -133,6 +146,10 @@ def sample(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: j
                           hidden_only=True)
   logits = qwen3.lm_head(config, params, hidden[:, -1:])
   eos_ids = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
+  # XLA:CPU copies each scanned layer's slice of the stacked weights at every decode step;
+  # on CPU the loop reads per-layer copies made here, once (qwen3.unstack_layers).
+  decode_params = qwen3.unstack_layers(params) if _platform(mesh) == "cpu" else params
+  decode = functools.partial(qwen3.forward, config, decode_params, mesh=mesh, rules=rules)
 
   def cond(state):
     step, done = state[0], state[3]
@@ -147,8 +164,8 @@ def sample(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: j
     tokens = tokens.at[:, step].set(token)
     logprobs = logprobs.at[:, step].set(logprob)
     done = done | jnp.isin(token, eos_ids)
-    logits, cache = forward(token[:, None], next_pos[:, None],
-                            attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache)
+    logits, cache = decode(token[:, None], next_pos[:, None],
+                           attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache)
     return (step + 1, cache, logits[:, -1], done, next_pos + 1, tokens, logprobs, rng)
 
   state = (jnp.int32(0), cache, logits[:, -1], ~active, positions[:, -1] + 1,
@@ -159,6 +176,12 @@ def sample(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: j
   first_eos = jnp.where(jnp.any(is_eos, axis=-1), jnp.argmax(is_eos, axis=-1) + 1, max_new)
   lengths = jnp.where(active, first_eos, 0).astype(jnp.int32)
   return Samples(tokens=tokens, logprobs=logprobs, lengths=lengths)
+
+
+def _platform(mesh: Mesh | None) -> str:
+  """The platform the program is built for: the mesh's devices' (an ahead-of-time topology
+  included), else the default backend's."""
+  return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling"))
