@@ -163,8 +163,9 @@ def test_chunked_gradient_program_never_holds_a_whole_rows_logits(chunk):
   assert longest == (chunk or LENGTH - 1), shapes  # 0: the unchunked path does hold them
 
 
+@pytest.mark.parametrize("max_needed", [0, 3], ids=["all-positions", "gathered"])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_chunks_with_no_needed_position_are_skipped_and_the_rest_is_exact(tied):
+def test_only_needed_positions_are_computed_and_they_are_exact(tied, max_needed):
   config, params, batch = _config(tied), _params(tied), _batch()
   tokens = jnp.asarray(batch.tokens)
   needed = np.zeros(batch.shape, bool)
@@ -175,27 +176,31 @@ def test_chunks_with_no_needed_position_are_skipped_and_the_rest_is_exact(tied):
   dense_logprobs, dense_entropy = _chunked(config, params, batch, 0)
   got_logprobs, got_entropy = logprobs_lib.token_logprobs(
       config, params, hidden, tokens, temperature=TEMPERATURE, chunk=chunk, with_entropy=True,
-      needed=jnp.asarray(needed))
-  # Entries 1-12 are predicted positions 0-11; chunk c holds entries 4c+1 .. 4c+4.
-  in_needed_chunk = np.zeros(batch.shape, bool)
-  in_needed_chunk[:, 5:9] = True
+      needed=jnp.asarray(needed), max_needed=max_needed)
+  if max_needed:  # only the needed entries were gathered and projected
+    computed = needed
+  else:  # entries 1-12 are predicted positions 0-11; chunk c holds entries 4c+1 .. 4c+4
+    computed = np.zeros(batch.shape, bool)
+    computed[:, 5:9] = True
+  # So that the zeros checked below are not the values themselves:
+  assert (np.abs(np.asarray(dense_logprobs)[~computed]) > 1e-3).sum() >= 10
   for got, dense in ((got_logprobs, dense_logprobs), (got_entropy, dense_entropy)):
     got, dense = np.asarray(got), np.asarray(dense)
-    np.testing.assert_allclose(got[in_needed_chunk], dense[in_needed_chunk], rtol=1e-5, atol=1e-5)
-    assert not got[~in_needed_chunk].any()  # skipped: the lm head never ran there
-    assert np.abs(dense[~in_needed_chunk & (np.arange(LENGTH) > 0)][:8]).min() > 0  # row 0
+    np.testing.assert_allclose(got[computed], dense[computed], rtol=1e-5, atol=1e-5)
+    assert not got[~computed].any()  # never computed
 
   weights = jnp.asarray(np.random.RandomState(2).normal(size=batch.shape).astype(np.float32)
                         * needed)
 
-  def loss(p, chunk, mask):
+  def loss(p, chunk, mask, max_needed):
     logprobs, entropy = logprobs_lib.token_logprobs(
         config, p, _hidden(config, p, batch), tokens, temperature=TEMPERATURE, chunk=chunk,
-        with_entropy=True, needed=mask)
+        with_entropy=True, needed=mask, max_needed=max_needed)
     return jnp.sum(weights * logprobs) + jnp.sum(weights * entropy)
 
-  want = jax.jit(jax.grad(functools.partial(loss, chunk=0, mask=None)))(params)
-  got = jax.jit(jax.grad(functools.partial(loss, chunk=chunk, mask=jnp.asarray(needed))))(params)
+  want = jax.jit(jax.grad(functools.partial(loss, chunk=0, mask=None, max_needed=0)))(params)
+  got = jax.jit(jax.grad(functools.partial(loss, chunk=chunk, mask=jnp.asarray(needed),
+                                           max_needed=max_needed)))(params)
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
     scale = float(np.abs(np.asarray(w)).max())
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5 * scale,

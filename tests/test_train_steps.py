@@ -345,3 +345,30 @@ def test_micro_batch_rows_split_any_row_count_into_micro_batches_of_that_many_ro
   with pytest.raises(ValueError, match="micro_batch_rows=3"):
     steps.make_grpo_step(CONFIG, SGD, grpo_config, micro_batch_rows=3)(
         state_lib.create_train_state(CONFIG, params, SGD), ref_params, batch)
+
+
+def test_grpo_with_max_targets_per_row_equals_the_whole_row_head(params):
+  grpo_config = losses.GRPOConfig(kl_coef=0.1)
+  examples = _examples(4, seed=7)
+  batch = batch_lib.pad_examples(examples, length=LENGTH)
+  most = max(len(e.response_ids) for e in examples)
+  whole = steps.make_logprobs_fn(CONFIG)(params, batch)
+  np.testing.assert_allclose(np.asarray(steps.make_logprobs_fn(
+      CONFIG, max_targets_per_row=most)(params, batch)), np.asarray(whole), rtol=1e-6,
+                             atol=1e-6)
+  batch = dataclasses.replace(batch, old_logprobs=np.asarray(whole) - 0.1 * batch.loss_mask)
+  ref_params = jax.tree.map(lambda p: p * 0.9, params)
+
+  def run(bound):
+    state = state_lib.create_train_state(CONFIG, params, SGD)
+    state, metrics = steps.make_grpo_step(CONFIG, SGD, grpo_config, loss_chunk=4,
+                                          max_targets_per_row=bound)(state, ref_params, batch)
+    return _host(state.params), _host(metrics)
+
+  gathered_params, gathered = run(most)
+  whole_params, whole_metrics = run(0)
+  for name in ("loss", "pg_loss", "kl", "entropy", "num_tokens"):
+    np.testing.assert_allclose(gathered[name], whole_metrics[name], rtol=1e-5, err_msg=name)
+  _assert_trees_close(gathered_params, whole_params, atol=1e-6)
+  with pytest.raises(ValueError, match=f"trains {most} target tokens"):
+    run(most - 1)

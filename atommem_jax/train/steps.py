@@ -138,6 +138,20 @@ def micro_batch_count(rows: int, grad_accum_steps: int, micro_batch_rows: int, m
   return max(1, rows // per_micro)
 
 
+def _check_targets_per_row(batch: TrainBatch, max_targets_per_row: int) -> None:
+  """A host batch whose rows train more targets than the log-probs' bound is refused."""
+  if max_targets_per_row <= 0 or isinstance(batch.loss_mask, jax.Array):
+    return
+  mask = np.asarray(batch.loss_mask)[:, 1:] > 0
+  segments = np.asarray(batch.segment_ids)
+  mask &= (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] != 0)
+  most = int(mask.sum(axis=1).max(initial=0))
+  if most > max_targets_per_row:
+    raise ValueError(f"a batch row trains {most} target tokens, more than "
+                     f"max_targets_per_row={max_targets_per_row} (a GRPO row holds one response "
+                     "of at most rollout.max_new_tokens tokens)")
+
+
 def _check_rows(batch: TrainBatch, grad_accum_steps: int) -> None:
   rows = batch.shape[0]
   if rows % grad_accum_steps:
@@ -164,12 +178,13 @@ def _placed(batch: TrainBatch, shardings: TrainBatch) -> TrainBatch:
 
 def _token_logprobs(config: Qwen3Config, params: Params, batch: TrainBatch, mesh: Mesh,
                     rules: sharding.Rules, *, temperature: float = 1.0, loss_chunk: int = 0,
-                    with_entropy: bool = False, all_tokens: bool = False
-                    ) -> tuple[jax.Array, jax.Array | None]:
+                    with_entropy: bool = False, all_tokens: bool = False,
+                    max_targets_per_row: int = 0) -> tuple[jax.Array, jax.Array | None]:
   """The batch's token log-probs [B, T] (and entropies) under params, logits / temperature.
 
   Exact at the trained target tokens (`losses.target_mask`), or with `all_tokens` at every
-  token of a sequence; lm-head chunks with none of those are skipped (0 there).
+  token of a sequence; lm-head chunks with none of those are skipped (0 there), and with
+  max_targets_per_row > 0 only the targets go through the lm head (`model.logprobs`).
   """
   hidden, _ = qwen3.forward(config, params, batch.tokens, batch.positions,
                             segment_ids=batch.segment_ids, mesh=mesh, rules=rules,
@@ -178,6 +193,7 @@ def _token_logprobs(config: Qwen3Config, params: Params, batch: TrainBatch, mesh
   return logprobs_lib.token_logprobs(config, params, hidden, batch.tokens,
                                      temperature=temperature, chunk=loss_chunk,
                                      with_entropy=with_entropy, needed=needed,
+                                     max_needed=0 if all_tokens else max_targets_per_row,
                                      shard=sharding.ActivationSharding(mesh, rules))
 
 
@@ -231,7 +247,8 @@ def make_sft_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
 def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
                    grpo_config: losses.GRPOConfig = losses.GRPOConfig(),
                    mesh: Mesh | None = None, rules: sharding.Rules | None = None, *,
-                   grad_accum_steps: int = 1, micro_batch_rows: int = 0, loss_chunk: int = 0
+                   grad_accum_steps: int = 1, micro_batch_rows: int = 0, loss_chunk: int = 0,
+                   max_targets_per_row: int = 0
                    ) -> Callable[[TrainState, Params | None, TrainBatch],
                                  tuple[TrainState, Metrics]]:
   """Returns grpo_step(state, ref_params, batch) -> (state, metrics): one AdamW update.
@@ -241,7 +258,9 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
   divided by grpo_config.temperature (the rollout temperature), as verl does. Metrics are
   those of `losses.grpo_loss`, plus grad_norm. A batch is split into `grad_accum_steps`
   micro-batches, or with micro_batch_rows > 0 into micro-batches of that many rows per batch
-  shard, however many rows the batch has (`micro_batch_count`).
+  shard, however many rows the batch has (`micro_batch_count`). max_targets_per_row > 0
+  (rollout.max_new_tokens: a row is one turn) puts only each row's trained tokens through
+  the lm head; a host batch with more is refused.
   """
   mesh = mesh or state_lib.single_device_mesh()
   rules = rules or sharding.DEFAULT_RULES
@@ -261,11 +280,13 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
       ref_logprobs = None
       if use_ref:
         ref_logprobs, _ = _token_logprobs(config, ref_params, micro, mesh, rules,
-                                          temperature=temperature, loss_chunk=loss_chunk)
+                                          temperature=temperature, loss_chunk=loss_chunk,
+                                          max_targets_per_row=max_targets_per_row)
         ref_logprobs = jax.lax.stop_gradient(ref_logprobs)
       logprobs, entropy = _token_logprobs(config, params, micro, mesh, rules,
                                           temperature=temperature, loss_chunk=loss_chunk,
-                                          with_entropy=True)
+                                          with_entropy=True,
+                                          max_targets_per_row=max_targets_per_row)
       return losses.grpo_loss(logprobs, entropy, ref_logprobs, micro, num_tokens=num_tokens,
                               num_sequences=num_sequences, **grpo_config.loss_kwargs())
 
@@ -286,6 +307,7 @@ def make_grpo_step(config: Qwen3Config, optimizer: optax.GradientTransformation,
       raise ValueError(f"grpo_step: kl_estimator={grpo_config.kl_estimator!r} needs the "
                        "reference params; pass them or set kl_estimator='none'")
     _check_rows(batch, micro_batches(batch.shape[0]))
+    _check_targets_per_row(batch, max_targets_per_row)
     batch = _placed(batch, _batch_shardings(mesh, rules, batch.shape))
     return compiled(batch.shape)(state, ref_params if use_ref else None, batch)
 
@@ -372,14 +394,15 @@ def grpo_update(grpo_step: Callable[[TrainState, Params | None, TrainBatch],
 
 def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
                      rules: sharding.Rules | None = None, *, temperature: float = 1.0,
-                     grad_accum_steps: int = 1, micro_batch_rows: int = 0, loss_chunk: int = 0
+                     grad_accum_steps: int = 1, micro_batch_rows: int = 0, loss_chunk: int = 0,
+                     max_targets_per_row: int = 0
                      ) -> Callable[[Params, TrainBatch], jax.Array]:
   """Returns fn(params, batch) -> [B, T] log-probs of the trained target tokens (0 elsewhere).
 
   Recomputes a batch's `old_logprobs` (verl recomputes them with the training forward) or
   the reference policy's log-probs; params sharded per `param_shardings`. The forward is the
   train steps': the same micro-batches (`grad_accum_steps` or `micro_batch_rows`, one at a
-  time, so it fits where the step fits) and lm-head chunks (`loss_chunk`).
+  time, so it fits where the step fits), lm-head chunks (`loss_chunk`) and targets per row.
   """
   mesh = mesh or state_lib.single_device_mesh()
   rules = rules or sharding.DEFAULT_RULES
@@ -387,7 +410,8 @@ def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
 
   def micro_logprobs(params: Params, micro: TrainBatch) -> jax.Array:
     token_logprobs, _ = _token_logprobs(config, params, micro, mesh, rules,
-                                        temperature=temperature, loss_chunk=loss_chunk)
+                                        temperature=temperature, loss_chunk=loss_chunk,
+                                        max_targets_per_row=max_targets_per_row)
     return token_logprobs * losses.target_mask(micro)
 
   def micro_batches(rows: int) -> int:
@@ -409,6 +433,7 @@ def make_logprobs_fn(config: Qwen3Config, mesh: Mesh | None = None,
 
   def logprobs_fn(params: Params, batch: TrainBatch) -> jax.Array:
     _check_rows(batch, micro_batches(batch.shape[0]))
+    _check_targets_per_row(batch, max_targets_per_row)
     return compiled(batch.shape)(params, _placed(batch, _batch_shardings(mesh, rules,
                                                                          batch.shape)))
 
