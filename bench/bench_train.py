@@ -1,6 +1,6 @@
 """Train-step throughput: atommem-jax SFT and GRPO steps vs the same step in transformers/torch.
 
-  python bench/bench_train.py [--presets tiny,qwen3-0.1b] [--shapes 8x256,4x512] [--repeats 3]
+  python bench/bench_train.py [--presets micro,qwen3-0.1b] [--shapes 8x256,4x512] [--repeats 3]
                               [--out FILE]
   python bench/bench_train.py --mfu --peak_tflops 989 [--presets qwen3-0.6b,qwen3-1.7b]
                               [--shapes 8x2048,4x2048]
@@ -280,7 +280,7 @@ def mfu_markdown(rows: list[dict], command: str, peak_tflops: float) -> str:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--presets", help="comma-separated Qwen3 presets (default: tiny,qwen3-0.1b;"
+  parser.add_argument("--presets", help="comma-separated Qwen3 presets (default: micro,qwen3-0.1b;"
                       " with --mfu qwen3-0.6b,qwen3-1.7b)")
   parser.add_argument("--shapes", help="BxT per preset, or one for all (default: 8x256,4x512;"
                       " with --mfu 8x2048,4x2048)")
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.mfu and not args.peak_tflops:
     parser.error("--mfu needs --peak_tflops, the device's peak bf16 TFLOP/s")
-  presets = (args.presets or ("qwen3-0.6b,qwen3-1.7b" if args.mfu else "tiny,qwen3-0.1b")
+  presets = (args.presets or ("qwen3-0.6b,qwen3-1.7b" if args.mfu else "micro,qwen3-0.1b")
              ).split(",")
   unknown = [name for name in presets if name not in model_config_lib.PRESETS]
   if unknown:
