@@ -62,7 +62,8 @@ def config_argument(argv: Sequence[str]) -> str | None:
 def check_config_file(spec: str) -> None:
   """Raises ConfigError when the --config file `spec` ("PATH" or "PATH:ARG") is missing, does
   not compile, has no get_config() or its get_config() raises ConfigError (ml_collections
-  would report the first lazily, the others with a traceback)."""
+  would report the first lazily, the others with a traceback). Runs get_config() once more
+  than the flag parse does: config files build a ConfigDict and nothing else."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise config_lib.ConfigError(f"--config {spec}: no such file; give a config file such as "
