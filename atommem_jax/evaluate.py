@@ -120,9 +120,12 @@ def load_model(config, mesh, tokenizer, *, hf_dir: str | None, checkpoint_dir: s
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import qwen3  # pylint: disable=g-import-not-at-top
   if hf_dir:
-    model_config, params = hf.load_hf(
-        hf_dir, config.model.rollout_dtype, mesh=mesh,
-        config_overrides=config_lib.execution_fields(config, rollout=True))
+    try:  # a missing or malformed config.json or weight file, named in the message
+      model_config, params = hf.load_hf(
+          hf_dir, config.model.rollout_dtype, mesh=mesh,
+          config_overrides=config_lib.execution_fields(config, rollout=True))
+    except (OSError, ValueError) as e:
+      raise app.UsageError(f"model directory {hf_dir}: {e}") from e
   elif checkpoint_dir is not None:
     model_config = (trained[0].replace(**config_lib.execution_fields(config, rollout=True))
                     if trained is not None else config_lib.model_config(config, rollout=True))

