@@ -201,8 +201,8 @@ def main(argv: Sequence[str]) -> None:
         tokenizer_lib.resolve_tokenizer_dir(config.tokenizer, hf_dir))
     run_batch = (model_runner(hf_dir, config, tokenizer, FLAGS.temperature) if hf_dir
                  else scripted_runner(teacher, config, tokenizer))
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  except (OSError, ValueError) as e:  # a missing or malformed file, named in the message
+    raise app.UsageError(f"--teacher {teacher}: {e}" if hf_dir else str(e)) from e
   try:
     counts = collect(contexts, run_batch, config.eval.batch_size, FLAGS.min_reward,
                      FLAGS.out)

