@@ -12,9 +12,10 @@ Programs, each built by the code a run uses (`train.steps`, `rollout.sampler`,
                 shards, split into sft.grad_accum micro-batches (--sft_rows overrides the
                 rows per device per micro-batch);
   grpo_step     the GRPO step at the largest training bucket (largest prompt bucket +
-                rollout.max_new_tokens) with the reference params, one row per device per
-                micro-batch (--grpo_rows): a GRPO batch's row count follows its episodes'
-                turns, so grpo.grad_accum bounds nothing by itself;
+                rollout.max_new_tokens) with the reference params, grpo.micro_batch_rows
+                rows per device per micro-batch (--grpo_rows; 1 where it is 0, which takes
+                a whole mini-batch, of however many turns, at once), two micro-batches
+                accumulated;
   old_logprobs  with grpo.old_logprobs="recompute", the log-prob forward run before each
                 update on the same batch (`steps.make_logprobs_fn`), the state resident;
   sampler       `sampler.sample` jitted as the episode loop runs it, at the largest prompt
@@ -246,7 +247,7 @@ def default_sizes(c: ml_collections.ConfigDict, shards: int, *, sft_rows: int | 
   prompt = max(r.prompt_buckets)
   return Sizes(
       sft_rows=sft_rows or -(-s.batch_size // (shards * s.grad_accum)), sft_length=s.max_len,
-      grpo_rows=grpo_rows or 1, grpo_length=prompt + r.max_new_tokens,
+      grpo_rows=grpo_rows or g.micro_batch_rows or 1, grpo_length=prompt + r.max_new_tokens,
       rollout_rows=rollout_rows or -(-g.questions_per_batch * g.group_size // shards),
       prompt_length=prompt, max_new_tokens=r.max_new_tokens)
 
@@ -291,17 +292,20 @@ def programs(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes,
 
   if "grpo_step" in names or "old_logprobs" in names:
     g = c.grpo
-    step = steps_lib.make_grpo_step(train_config, grpo_optimizer, grpo_settings, mesh,
-                                    grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
-    batch = abstract_batch(mesh, sizes.grpo_rows * shards * g.grad_accum, sizes.grpo_length)
-    shape = f"{sizes.grpo_rows} x {sizes.grpo_length} tokens, {g.grad_accum} micro"
+    # As stages.run_grpo builds them: micro-batches of grpo_rows rows per device (two of
+    # them, so the program accumulates as a run's does), a row's targets at most a response.
+    micro = 2 if g.micro_batch_rows else 1
+    split = dict(micro_batch_rows=sizes.grpo_rows if g.micro_batch_rows else 0,
+                 loss_chunk=g.loss_chunk, max_targets_per_row=c.rollout.max_new_tokens)
+    step = steps_lib.make_grpo_step(train_config, grpo_optimizer, grpo_settings, mesh, **split)
+    batch = abstract_batch(mesh, sizes.grpo_rows * shards * micro, sizes.grpo_length)
+    shape = f"{sizes.grpo_rows} x {sizes.grpo_length} tokens, {micro} micro"
     if "grpo_step" in names:
       out.append(Program("grpo_step", shape,
                          functools.partial(_lower_step, step, grpo_state, reference, batch)))
     if "old_logprobs" in names and g.old_logprobs == "recompute":  # the state resident
       logprobs = steps_lib.make_logprobs_fn(train_config, mesh,
-                                            temperature=grpo_settings.temperature,
-                                            grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
+                                            temperature=grpo_settings.temperature, **split)
       out.append(Program(
           "old_logprobs", shape,
           lambda: jax.jit(logprobs).lower(grpo_state.params, batch),
@@ -404,8 +408,8 @@ def estimate(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes, name: str
             ("reference", tree_bytes(state.params) if c.grpo.kl_estimator != "none" else 0),
             ("gathered layer", 2 * _layer_params(train_config) * width // tensor),
             ("layer", _layer_work(train_config, rows, length, length, backward=False)),
-            ("logits", _logits_bytes(train_config, rows, length, c.grpo.loss_chunk,
-                                     "forward"))]
+            ("logits", _logits_bytes(train_config, rows, min(length, c.rollout.max_new_tokens),
+                                     c.grpo.loss_chunk, "forward"))]
   if name in ("sft_step", "grpo_step"):
     stage = "sft" if name == "sft_step" else "grpo"
     section = c[stage]
@@ -421,13 +425,17 @@ def estimate(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes, name: str
     if with_reference:
       parts.append(("reference", params))
     parts += [
-        ("grads", params * (2 if section.grad_accum > 1 else 1)),
+        ("grads", params * (2 if section.get("grad_accum", 1) > 1
+                            or section.get("micro_batch_rows", 0) else 1)),
         ("gathered layer", layer * (2 * width + 4) // tensor),
         ("saved layer inputs", train_config.num_hidden_layers * rows * length
          * train_config.hidden_size * width),
         ("layer recompute", _layer_work(train_config, rows, length, length, backward=True)),
-        ("logits", _logits_bytes(train_config, rows, length, section.loss_chunk,
-                                 "backward_with_reference" if with_reference else "backward")),
+        # A GRPO row's lm head sees only its response (`max_targets_per_row`).
+        ("logits", _logits_bytes(
+            train_config, rows, length if name == "sft_step"
+            else min(length, c.rollout.max_new_tokens), section.loss_chunk,
+            "backward_with_reference" if with_reference else "backward")),
     ]
     return parts
   rows = sizes.rollout_rows * batch_shards(mesh)
@@ -507,7 +515,8 @@ _TOPOLOGY = flags.DEFINE_enum("topology", "v5p-16", list(topologies.TOPOLOGIES),
                               "slice to compile for (cpu-N: N host devices, GPU estimate)")
 _PROGRAMS = flags.DEFINE_list("programs", list(PROGRAMS), f"programs to compile, of {PROGRAMS}")
 _SFT_ROWS = flags.DEFINE_integer("sft_rows", None, "SFT rows per device per micro-batch")
-_GRPO_ROWS = flags.DEFINE_integer("grpo_rows", None, "GRPO rows per device per micro-batch (1)")
+_GRPO_ROWS = flags.DEFINE_integer("grpo_rows", None, "GRPO rows per device per micro-batch "
+                                  "(grpo.micro_batch_rows, or 1)")
 _ROLLOUT_ROWS = flags.DEFINE_integer("rollout_rows", None, "episodes per device in the sampler")
 
 

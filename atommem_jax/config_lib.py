@@ -260,7 +260,12 @@ def base_config() -> ml_collections.ConfigDict:
   # the OptimizerConfig and GRPOConfig fields, at their defaults (the paper's).
   c.grpo = ml_collections.ConfigDict(dict(
       **_section_fields(OptimizerConfig), **_section_fields(GRPOConfig),
-      steps=-1, data_epochs=5, questions_per_batch=8, grad_accum=1,
+      steps=-1, data_epochs=5, questions_per_batch=8,
+      # Rows per batch shard in one forward and backward pass (verl's
+      # ppo_micro_batch_size_per_gpu): a GRPO batch holds a row per turn of its episodes, so
+      # its row count varies and the micro-batches are counted per batch; 0 takes each
+      # mini-batch in one pass. `python -m atommem_jax.aot` says what fits.
+      micro_batch_rows=0,
       # As sft.loss_chunk, for the policy's and the reference's log-probs. old_logprobs:
       # "recompute" them with the training forward before the update (verl; the first ratio
       # is exactly 1), or keep the "sampler"'s.
@@ -331,9 +336,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
       or any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in buckets)
       or list(buckets) != sorted(set(buckets))):
     _fail("rollout.prompt_buckets", buckets, "a non-empty increasing sequence of positive lengths")
+  if c.sft.grad_accum < 1:
+    _fail("sft.grad_accum", c.sft.grad_accum, ">= 1 micro-batches a step")
+  if c.grpo.micro_batch_rows < 0:
+    _fail("grpo.micro_batch_rows", c.grpo.micro_batch_rows,
+          ">= 0 rows per batch shard (0: a mini-batch in one pass)")
   for section, epochs in (("sft", "epochs"), ("grpo", "data_epochs")):
-    if c[section].grad_accum < 1:
-      _fail(f"{section}.grad_accum", c[section].grad_accum, ">= 1 micro-batches a step")
     if c[section].steps < -1:
       _fail(f"{section}.steps", c[section].steps,
             f"-1 (from {section}.{epochs} over the data), 0 (skip the stage) or a step count")

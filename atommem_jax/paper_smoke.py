@@ -77,7 +77,6 @@ def overrides(size: str) -> list[tuple[str, str, str]]:
       ("grpo.questions_per_batch", "1", "1 context a step, not 8"),
       ("grpo.group_size", "2", "2 rollouts a context, not 8"),
       ("grpo.loss_chunk", "128", "as sft.loss_chunk, 128 positions"),
-      ("grpo.grad_accum", "2", "each update in 2 micro-batches (memory)"),
       ("eval.num_contexts", str(evaluate), f"{evaluate} evaluation contexts"),
       ("eval.batch_size", str(evaluate), f"{evaluate} episodes at a time"),
   ]

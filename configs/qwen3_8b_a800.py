@@ -12,7 +12,8 @@ at the default paths below (DATA_DIR, relative to the working directory), e.g.
   python -m atommem_jax.data.build --dataset hotpotqa --input hotpot_train_v1.1.json \
       --num_docs 200 --seed 0 --out data/atommem/hotpotqa_train_200.jsonl
 
-and likewise 2wikimultihopqa and musique, train and dev. Elsewhere:
+and the dev splits of hotpotqa, 2wikimultihopqa and musique (GRPO trains on HotpotQA only,
+as the official run). Elsewhere:
 --config.data.train_files='("a.jsonl", "b.jsonl")' (and data.eval_files).
 
 Memory per GPU, from `python -m atommem_jax.aot --config configs/qwen3_8b_a800.py --topology
@@ -54,12 +55,15 @@ def get_config():
   c.model.update(preset="qwen3-8b", hf_dir="/path/to/Qwen3-8B", param_dtype="float32",
                  dtype="bfloat16", rollout_dtype="bfloat16", remat="full")
   c.mesh.update(data=-1, fsdp=8, tensor=1)
+  # One 20480-token GRPO row per GPU per forward and backward pass (what fits: docstring).
+  c.grpo.micro_batch_rows = 1
   # A placeholder: the paper's embedder, a local download of Qwen/Qwen3-Embedding-0.6B, run by
   # our Flax Qwen3 (memory/qwen3_embed.py; '?device=accelerator' puts it on a GPU, unmeasured).
   c.embedder = "qwen3-embedding:/path/to/Qwen3-Embedding-0.6B"
   c.data.kind = "multihop"
-  c.data.train_files = tuple(os.path.join(DATA_DIR, f"{name}_train_{NUM_DOCS}.jsonl")
-                             for name in DATASETS)
+  # RL contexts from HotpotQA's training split only, as the official run; evaluation on the
+  # three dev sets.
+  c.data.train_files = (os.path.join(DATA_DIR, f"hotpotqa_train_{NUM_DOCS}.jsonl"),)
   c.data.eval_files = tuple(os.path.join(DATA_DIR, f"{name}_dev_{NUM_DOCS}.jsonl")
                             for name in DATASETS)
   return c

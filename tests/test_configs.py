@@ -203,9 +203,10 @@ def test_paper_configs_carry_the_published_hyperparameters(name):
   assert c.model.preset == "qwen3-8b" and c.model.hf_dir
   assert (c.model.param_dtype, c.model.dtype, c.model.remat) == ("float32", "bfloat16", "full")
   assert c.data.kind == "multihop"
+  # RL data: HotpotQA train only (the official run); evaluation: the three dev sets.
+  assert len(c.data.train_files) == 1 and "hotpotqa_train" in c.data.train_files[0]
   for dataset in ("hotpotqa", "2wikimultihopqa", "musique"):
-    assert any(dataset in path for path in c.data.train_files)
-    assert any(dataset in path for path in c.data.eval_files)
+    assert any(dataset in path and "_dev_" in path for path in c.data.eval_files)
 
 
 def test_a800_mesh_fits_one_node_and_tpu_mesh_takes_every_chip():

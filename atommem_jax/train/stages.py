@@ -117,8 +117,13 @@ def _save(job: Job, manager: checkpoint_lib.Checkpointer, state, stage: str, ste
 
 
 def _row_multiple(job: Job, section) -> int:
+  """Rows a batch of the stage is padded to a multiple of: whole micro-batches (SFT:
+  sft.grad_accum of them; GRPO: grpo.micro_batch_rows rows per batch shard) of every
+  mini-batch, on every batch shard."""
   shards = job.mesh.shape["data"] * job.mesh.shape["fsdp"]
-  return shards * section.grad_accum * section.get("num_minibatches", 1)
+  if "micro_batch_rows" in section:
+    return shards * max(1, section.micro_batch_rows) * section.num_minibatches
+  return shards * section.grad_accum
 
 
 def train_buckets(job: Job) -> tuple[int, ...]:
@@ -257,13 +262,15 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
   optimizer = state_lib.make_optimizer(config_lib.optimizer_config(job.config, GRPO))
   grpo_config = config_lib.grpo_config(job.config)
   distributed.local_batch_shards(job.mesh)  # rollout rows can train where they were made
+  # A row is one turn: at most rollout.max_new_tokens trained tokens go through the lm head.
+  split = dict(micro_batch_rows=g.micro_batch_rows, loss_chunk=g.loss_chunk,
+               max_targets_per_row=job.config.rollout.max_new_tokens)
   grpo_step = steps_lib.make_grpo_step(job.model_config, optimizer, grpo_config, job.mesh,
-                                       grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
+                                       **split)
   old_logprobs_fn = None
   if g.old_logprobs == "recompute":
     old_logprobs_fn = steps_lib.make_logprobs_fn(
-        job.model_config, job.mesh, temperature=grpo_config.temperature,
-        grad_accum_steps=g.grad_accum, loss_chunk=g.loss_chunk)
+        job.model_config, job.mesh, temperature=grpo_config.temperature, **split)
   loop = make_rollout_loop(job, g.questions_per_batch * g.group_size, greedy=False)
   timer = metrics_lib.StepTimer()
   with checkpointer(job, GRPO) as manager:
