@@ -36,6 +36,9 @@ import ml_collections
 from atommem_jax import fileio
 from atommem_jax.agent import env as env_lib
 from atommem_jax.memory import embed as embed_lib
+# model.config, model.sharding and rollout.sampler (lower layers: no cycle) are imported in the
+# functions that use them: they load JAX and Flax (seconds), and the command-line tools check
+# their flags with this module first, so that a bad flag is reported at once.
 
 # The checkout's configs/ directory: where `load_config_file` finds config names.
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
