@@ -249,6 +249,13 @@ def test_dispatch():
   assert "stablehlo.while" not in auto_decode and "dot_general" not in auto_decode
   dense_decode = lowered("dense", q6[:, :1], k24, v24, one)
   assert "stablehlo.while" not in dense_decode and "dot_general" in dense_decode
+  # auto's CPU branch tiles by at most 64 whatever the config's tiles; blockwise uses them.
+  q200, k200, v200 = _qkv(1, 200, 200, 4, 2)
+  causal = AttentionMask.causal(jnp.ones((1, 200), bool))
+  scans = lambda impl: {eqn.params["length"] for eqn in _all_eqns(jax.make_jaxpr(
+      lambda *x: attention.attention(*x, causal, impl, 512, 512))(q200, k200, v200).jaxpr)
+                        if eqn.primitive.name == "scan"}
+  assert 4 in scans("auto") and scans("blockwise") == {1}  # 200 tokens: 4 tiles of 64
   with pytest.raises(ValueError, match="needs a CUDA GPU"):
     attention.attention(q, k, v, mask, "cudnn")
   with pytest.raises(ValueError, match="expected one of"):

@@ -37,6 +37,10 @@ from atommem_jax.model.config import ATTENTION_IMPLEMENTATIONS
 
 _MASKED_LOGIT = float(jnp.finfo(jnp.float32).min)  # finite: fully masked rows stay NaN-free
 _SPLASH_LANES = 128  # splash block sizes are multiples of this
+# "auto" on CPU caps the blockwise tiles here: XLA:CPU keeps a 64 x 64 tile in cache and
+# skips more of the causal triangle; 1.5-3x faster than 512 x 512 tiles, forward and
+# gradient, at 512-4096 tokens (BENCHMARKS.md); 32 is slower again.
+_CPU_TILE = 64
 
 
 @jax.tree_util.register_dataclass
@@ -402,8 +406,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
 
   "dense" and "blockwise" are used as named. A fused kernel ("cudnn", "splash") runs where
   it can express the call; elsewhere, and for a single query (decode), the fallback is
-  blockwise for T > 1 and dense for T == 1. "auto": blockwise on CPU, `decode_attention` for
-  a single query there; splash on TPU, cuDNN on GPU.
+  blockwise for T > 1 and dense for T == 1. "auto": blockwise on CPU with tiles of at most
+  _CPU_TILE (the config's tiles size the accelerator kernels), `decode_attention` for a
+  single query there; splash on TPU, cuDNN on GPU.
   """
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r}; expected one of "
@@ -429,7 +434,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
       raise ValueError("attention='cudnn' needs a CUDA GPU (jax.devices('gpu') is empty); "
                        "set the model config's attention to 'auto' or 'blockwise'")
     return cudnn_or_fallback(q, k, v, mask)
-  per_platform = dict(cpu=decode_attention if decode else blockwise, tpu=splash_or_fallback)
+  cpu_blockwise = functools.partial(blockwise_attention, block_q=min(block_q, _CPU_TILE),
+                                    block_k=min(block_k, _CPU_TILE))
+  per_platform = dict(cpu=decode_attention if decode else cpu_blockwise, tpu=splash_or_fallback)
   if _gpu_available():  # the cuDNN call cannot even be traced without a GPU backend
     per_platform["cuda"] = cudnn_or_fallback
   return jax.lax.platform_dependent(q, k, v, mask, default=fallback, **per_platform)
