@@ -7,7 +7,9 @@ Both sides run fp32 on the same machine. Weights come from a random `transformer
 converted with `hf_state_dict_to_params`. Prefill: one forward over [B, P] left-padded prompts.
 Decode: greedy generation of `new_tokens` tokens (ours: `rollout.sampler.generate`; theirs:
 `model.generate(do_sample=False)` with its KV cache), EOS disabled so both produce exactly that many.
-Times are medians over `repeats` after one warm-up run (our compile time is reported apart).
+Times are medians over `repeats` after one warm-up run (our compile time is reported apart),
+in wall seconds and in process CPU seconds (user + sys, all threads): on a shared, loaded
+machine CPU time is the steadier of the two, though torch's spinning threads inflate theirs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -31,13 +34,20 @@ from atommem_jax.model import qwen3
 from atommem_jax.rollout import sampler
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _median_seconds(fn, repeats: int) -> tuple[float, float]:
+  """Medians of (wall seconds, process CPU seconds) over `repeats` calls of fn."""
+  walls, cpus = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), _cpu_seconds()
     fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    walls.append(time.perf_counter() - start)
+    cpus.append(_cpu_seconds() - start_cpu)
+  return statistics.median(walls), statistics.median(cpus)
 
 
 def _hf_model(config: config_lib.Qwen3Config, seed: int):
@@ -65,17 +75,19 @@ def bench_preset(name: str, batch: int, prompt_len: int, new_tokens: int, repeat
   start = time.perf_counter()
   jax.block_until_ready(forward(params, tokens_j, mask_j))
   ours_prefill_compile = time.perf_counter() - start
-  ours_prefill = _median_seconds(lambda: jax.block_until_ready(forward(params, tokens_j, mask_j)), repeats)
+  ours_prefill, ours_prefill_cpu = _median_seconds(
+      lambda: jax.block_until_ready(forward(params, tokens_j, mask_j)), repeats)
   with torch.inference_mode():
     model(input_ids=tokens_t, attention_mask=mask_t)
-    theirs_prefill = _median_seconds(lambda: model(input_ids=tokens_t, attention_mask=mask_t), repeats)
+    theirs_prefill, theirs_prefill_cpu = _median_seconds(
+        lambda: model(input_ids=tokens_t, attention_mask=mask_t), repeats)
 
   sampling = sampler.SamplingConfig(max_new_tokens=new_tokens, greedy=True, eos_ids=(), pad_id=0)
   key = jax.random.key(0)
   start = time.perf_counter()
   ours_out = jax.block_until_ready(sampler.generate(config, params, tokens_j, mask_j, key, sampling))
   ours_decode_compile = time.perf_counter() - start
-  ours_decode = _median_seconds(
+  ours_decode, ours_decode_cpu = _median_seconds(
       lambda: jax.block_until_ready(sampler.generate(config, params, tokens_j, mask_j, key, sampling)),
       repeats)
   generate_kwargs = dict(input_ids=tokens_t, attention_mask=mask_t, do_sample=False,
@@ -83,29 +95,38 @@ def bench_preset(name: str, batch: int, prompt_len: int, new_tokens: int, repeat
                          eos_token_id=None)
   with torch.inference_mode():
     theirs_out = model.generate(**generate_kwargs)
-    theirs_decode = _median_seconds(lambda: model.generate(**generate_kwargs), repeats)
+    theirs_decode, theirs_decode_cpu = _median_seconds(lambda: model.generate(**generate_kwargs),
+                                                       repeats)
   same_tokens = float(np.mean(np.asarray(ours_out.tokens) == theirs_out[:, prompt_len:].numpy()))
 
   return dict(preset=name, params_m=config.num_params() / 1e6, batch=batch, prompt_len=prompt_len,
               new_tokens=new_tokens,
               ours_prefill_s=ours_prefill, theirs_prefill_s=theirs_prefill,
               ours_decode_s=ours_decode, theirs_decode_s=theirs_decode,
+              ours_prefill_cpu_s=ours_prefill_cpu, theirs_prefill_cpu_s=theirs_prefill_cpu,
+              ours_decode_cpu_s=ours_decode_cpu, theirs_decode_cpu_s=theirs_decode_cpu,
               ours_prefill_compile_s=ours_prefill_compile, ours_decode_compile_s=ours_decode_compile,
               same_tokens=same_tokens)
 
 
-def to_markdown(rows: list[dict], command: str) -> str:
+def load_line(load_before: tuple[float, ...]) -> str:
+  """The 1-minute load average before and after a run (what else the machine was doing)."""
+  return f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
+
+
+def to_markdown(rows: list[dict], command: str, load_before: tuple[float, ...]) -> str:
   lines = [
       f"Command: `{command}`",
       "",
-      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-      f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
-      f"transformers {transformers.__version__}; fp32, median of repeats after warm-up.",
+      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+      f"{load_line(load_before)}; jax {jax.__version__} ({jax.devices()[0].platform}), "
+      f"torch {torch.__version__}, transformers {transformers.__version__}; fp32, median of "
+      "repeats after warm-up.",
       "",
       "| preset | params | batch x prompt | prefill ours (s) | prefill HF (s) | prefill HF/ours "
       "| decode tokens | decode ours (s) | decode HF (s) | decode HF/ours | greedy tokens equal "
-      "| our compile prefill / decode (s) |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| our compile prefill / decode (s) | CPU s prefill ours / HF | CPU s decode ours / HF |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for r in rows:
     lines.append(
@@ -114,7 +135,9 @@ def to_markdown(rows: list[dict], command: str) -> str:
         f"| {r['theirs_prefill_s'] / r['ours_prefill_s']:.2f} | {r['new_tokens']} "
         f"| {r['ours_decode_s']:.3f} | {r['theirs_decode_s']:.3f} "
         f"| {r['theirs_decode_s'] / r['ours_decode_s']:.2f} | {r['same_tokens']:.0%} "
-        f"| {r['ours_prefill_compile_s']:.1f} / {r['ours_decode_compile_s']:.1f} |")
+        f"| {r['ours_prefill_compile_s']:.1f} / {r['ours_decode_compile_s']:.1f} "
+        f"| {r['ours_prefill_cpu_s']:.3f} / {r['theirs_prefill_cpu_s']:.3f} "
+        f"| {r['ours_decode_cpu_s']:.3f} / {r['theirs_decode_cpu_s']:.3f} |")
   lines.append("")
   lines.append("Ratios are HF time / our time: above 1 means atommem-jax is faster.")
   return "\n".join(lines)
@@ -130,11 +153,13 @@ def main(argv=None) -> None:
   parser.add_argument("--out", help="also write the markdown table to this file")
   args = parser.parse_args(argv)
   torch.set_num_threads(os.cpu_count() or 1)
+  load_before = os.getloadavg()
   rows = []
   for name in args.presets.split(","):
     print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
     rows.append(bench_preset(name, args.batch, args.prompt_len, args.new_tokens, args.repeats))
-  table = to_markdown(rows, "python bench/bench_model.py " + " ".join(argv or sys.argv[1:]))
+  table = to_markdown(rows, "python bench/bench_model.py " + " ".join(argv or sys.argv[1:]),
+                      load_before)
   print(table)
   if args.out:
     with open(args.out, "w") as f:

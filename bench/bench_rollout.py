@@ -169,14 +169,17 @@ def bench_episodes(num_contexts: int, group_size: int, repeats: int) -> list[dic
   return rows
 
 
-def to_markdown(decode_rows: list[dict], episode_rows: list[dict], command: str) -> str:
+def to_markdown(decode_rows: list[dict], episode_rows: list[dict], command: str,
+                load_before: tuple[float, ...]) -> str:
   lines = [
       f"Command: `{command}`", "",
-      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-      f"jax {jax.__version__} ({jax.devices()[0].platform}); fp32; medians after a warm-up.", "",
+      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+      f"{bench_model.load_line(load_before)}; jax {jax.__version__} "
+      f"({jax.devices()[0].platform}); fp32; medians after a warm-up.", "",
       "| preset | params | batch x prompt | new tokens | decode ours (tok/s) "
-      "| decode HF (tok/s) | ours / HF | greedy tokens equal | our compile (s) |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| decode HF (tok/s) | ours / HF | greedy tokens equal | our compile (s) "
+      "| CPU s ours / HF |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for r in decode_rows:
     tokens = r["batch"] * r["new_tokens"]
@@ -185,7 +188,8 @@ def to_markdown(decode_rows: list[dict], episode_rows: list[dict], command: str)
         f"| {r['new_tokens']} | {tokens / r['ours_decode_s']:.0f} "
         f"| {tokens / r['theirs_decode_s']:.0f} "
         f"| {r['theirs_decode_s'] / r['ours_decode_s']:.2f} | {r['same_tokens']:.0%} "
-        f"| {r['ours_decode_compile_s']:.1f} |")
+        f"| {r['ours_decode_compile_s']:.1f} "
+        f"| {r['ours_decode_cpu_s']:.2f} / {r['theirs_decode_cpu_s']:.2f} |")
   lines += ["", "| rollout (configs/tiny.py) | episodes | steps | wall (s) | episodes/s "
             "| host-callback share | compile (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
   for r in episode_rows:
@@ -211,6 +215,7 @@ def main(argv=None) -> None:
   parser.add_argument("--out", help="also write the markdown tables to this file")
   args = parser.parse_args(argv)
   torch.set_num_threads(os.cpu_count() or 1)
+  load_before = os.getloadavg()
   decode_rows = []
   for name in filter(None, args.presets.split(",")):
     print(f"decode: {name} ...", file=sys.stderr, flush=True)
@@ -219,7 +224,8 @@ def main(argv=None) -> None:
   print("episodes ...", file=sys.stderr, flush=True)
   episode_rows = bench_episodes(args.contexts, args.group_size, args.repeats)
   table = to_markdown(decode_rows, episode_rows,
-                      "python bench/bench_rollout.py " + " ".join(argv or sys.argv[1:]))
+                      "python bench/bench_rollout.py " + " ".join(argv or sys.argv[1:]),
+                      load_before)
   print(table)
   if args.out:
     with open(args.out, "w") as f:
