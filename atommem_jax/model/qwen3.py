@@ -1,7 +1,7 @@
 """The Qwen3 dense decoder and its pure-function API: init, forward, logits, KV cache.
 
 Parameters are a plain nested dict with the layers stacked on a leading L axis (nn.scan
-layout), whether or not the forward scans. Letters: B batch, T query length, S key (cache)
+layout), whether or not the forward scans; `unstack_layers` splits them for CPU inference. Letters: B batch, T query length, S key (cache)
 length, D model dim, K kv heads, H head dim, V vocab, L layers.
 """
 
