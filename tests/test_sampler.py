@@ -155,3 +155,29 @@ def test_bucketing_and_padding_errors():
     sampler.left_pad([[1, 2, 3, 4]], 3, pad_id=0)
   with pytest.raises(ValueError, match="temperature"):
     sampler.SamplingConfig(temperature=0.0)
+
+
+@pytest.mark.parametrize("vocab", [50, 151_936])
+def test_nucleus_keeps_the_tokens_a_sorted_cumulative_sum_keeps(vocab):
+  """The bisection's nucleus against a float64 numpy sort, on flat and peaked rows."""
+  rng = np.random.RandomState(4)
+  scales = [0.01, 1.0, 5.0]  # a random model's flat rows to a trained model's peaked ones
+  logits = np.stack([rng.normal(size=vocab) * scale for scale in scales]).astype(np.float32)
+  for top_k, top_p in [(0, 0.5), (0, 0.9), (0, 0.99), (20, 0.9)]:
+    sampling = sampler.SamplingConfig(top_k=top_k, top_p=top_p)
+    got = np.isfinite(np.asarray(jax.jit(
+        lambda x, s=sampling: sampler._filtered_logits(x, s))(jnp.asarray(logits))))
+    for row, values in enumerate(logits.astype(np.float64)):
+      order = np.argsort(-values, kind="stable")
+      if top_k:
+        order = order[:top_k]
+      probs = np.exp(values[order] - values[order].max())
+      probs /= probs.sum()
+      mass_before = np.cumsum(probs) - probs
+      want = np.zeros(vocab, bool)
+      want[order[mass_before < top_p]] = True
+      # Only a token whose mass before lies within float32 rounding of top_p may differ.
+      differ = np.flatnonzero(got[row] != want)
+      borderline = np.abs(mass_before - top_p) < 1e-5
+      assert set(differ) <= set(order[borderline]), (top_k, top_p, row, differ)
+      assert got[row].sum() >= 1

@@ -84,14 +84,35 @@ def _filtered_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if sampling.top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    # Keep a token while the mass strictly before it is below top_p (the top token always stays).
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    kept = jnp.where(mass_before < sampling.top_p, sorted_logits, jnp.inf)
-    threshold = jnp.min(kept, axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    probs = jax.nn.softmax(logits, axis=-1)
+    logits = jnp.where(probs < _nucleus_floor(probs, sampling.top_p), -jnp.inf, logits)
   return logits
+
+
+def _nucleus_floor(probs: jax.Array, top_p: float) -> jax.Array:
+  """The smallest probability [B, 1] the nucleus keeps, for probs [B, V].
+
+  A token stays while the mass of the tokens more likely than it is below top_p (so the top
+  token always stays; tokens tied with the last one kept stay too). That mass,
+  M(t) = sum of the probs above t, only falls as t grows, so the floor is the smallest float
+  t with M(t) < top_p: a bisection over the bit patterns of non-negative float32s (ordered as
+  their values), 31 masked sums over V instead of a sort of V (XLA:CPU sorts Qwen3's 151,936
+  logits in ~140 ms a row; the bisection takes a few ms).
+  """
+  def mass_above(bits):
+    threshold = jax.lax.bitcast_convert_type(bits, jnp.float32)
+    return jnp.sum(jnp.where(probs > threshold, probs, 0.0), axis=-1, keepdims=True)
+
+  def halve(_, bounds):
+    low, high = bounds  # M(high) < top_p; every t below low has M(t) >= top_p
+    middle = low + (high - low) // 2
+    below = mass_above(middle) < top_p
+    return jnp.where(below, low, middle + 1), jnp.where(below, middle, high)
+
+  high = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1, keepdims=True), jnp.int32)
+  low = jnp.zeros_like(high)
+  _, high = jax.lax.fori_loop(0, 31, halve, (low, high))
+  return jax.lax.bitcast_convert_type(high, jnp.float32)
 
 
 def _greedy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
