@@ -22,20 +22,21 @@ an analytic per-GPU estimate (its formula is checked against XLA:TPU's figures i
 tests/test_aot.py) against 80 GiB x 0.92 = 73.6 GiB, the share of each card the launch
 scripts give XLA (XLA_PYTHON_CLIENT_MEM_FRACTION). fsdp=8 shards the fp32 weights, Adam
 moments and reference (Qwen3-8B, 8.19e9 parameters) to 11.4 + 3.8 GiB per GPU. GiB per GPU
-at the base config's sizes (estimate, blockwise/cuDNN attention, loss_chunk 1024):
-- sft_step, 2 rows x 18432 tokens (sft.batch_size 16 over 8 GPUs, grad_accum 1): 37.5
-  (state 11.4, grads 3.8, saved layer inputs 10.1, layer recompute 9.0, logits 1.7);
-- grpo_step, 1 row x 20480 tokens (16384 prompt bucket + 4096 new) per micro-batch: 32.3;
-- old_logprobs (recomputed before the update): 19.2;
-- sampler / episode loop, 8 episodes per GPU (8 questions x 8 rollouts over 8 GPUs) at
-  16384 + 4096 tokens: 56.4 (KV cache 22.5, prefill layer 16.0, the GRPO state and
-  reference resident 15.2).
-At 8B the estimate reads 0.85-0.97 of XLA:TPU's figures for the same programs (BENCHMARKS.md),
-so the sampler may need ~66 GiB: still under 73.6. So sft.grad_accum stays 1 and a rollout
-of the whole GRPO batch at once fits. A GRPO batch holds every turn of its episodes as a row, so its
-rows per micro-batch are rows / (8 x grpo.grad_accum x grpo.num_minibatches): raise those
-when the batches' rows per GPU exceed what fits (the estimate adds ~12 GiB per 20k row:
-four fit).
+at the base config's sizes (estimate, blockwise/cuDNN attention, loss_chunk 1024), and what
+XLA:TPU says for the same programs on a v5p-16 (8 chips, the same mesh; configs/qwen3_8b_tpu.py):
+  program       shape per GPU                                     estimate  XLA:TPU
+  sft_step      2 rows x 18432 tokens (sft.batch_size 16 / 8)        37.5     45.8
+  grpo_step     1 row x 20480 tokens a micro-batch, accumulated       36.1     47.8
+  old_logprobs  the same rows, forward only                           19.2     19.8
+  sampler       8 episodes x (16384 prompt + 4096 new)                56.4     65.2
+  episode_loop  the jitted loop around the sampler                    56.4     68.7
+The estimate reads 0.76-0.97 of XLA:TPU's figures at 8B (it leaves out part of the gradient
+accumulation's and the loop's temporaries), so take the larger column: every program stays
+under 73.6. So sft.grad_accum stays 1, the whole GRPO batch rolls out at once (8 questions x
+8 rollouts over 8 GPUs), and GRPO trains one 20480-token row per GPU per pass
+(grpo.micro_batch_rows 1): a GRPO batch holds every turn of its episodes as a row, so the
+number of passes follows the batch. A second row per pass adds one row's activations
+(~12 GiB by the estimate): run the command before raising it.
 data=2, fsdp=4 doubles the sharded state per GPU. Across nodes, data=-1 adds plain data
 parallelism over InfiniBand (fsdp all-gathers stay on NVLink).
 """
