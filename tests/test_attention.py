@@ -249,6 +249,9 @@ def test_dispatch():
   assert "stablehlo.while" not in auto_decode and "dot_general" not in auto_decode
   dense_decode = lowered("dense", q6[:, :1], k24, v24, one)
   assert "stablehlo.while" not in dense_decode and "dot_general" in dense_decode
+  # ... but over a layer's slice of a stacked cache auto keeps blockwise on CPU.
+  stacked = jax.jit(lambda *x: attention.attention(*x, one, stacked_cache=True))
+  assert "stablehlo.while" in stacked.lower(q6[:, :1], k24, v24).as_text()
   # auto's CPU branch tiles by at most 64 whatever the config's tiles; blockwise uses them.
   q200, k200, v200 = _qkv(1, 200, 200, 4, 2)
   causal = AttentionMask.causal(jnp.ones((1, 200), bool))

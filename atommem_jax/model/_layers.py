@@ -18,6 +18,7 @@ from atommem_jax.model import sharding
 from atommem_jax.model.config import Qwen3Config
 
 KvCache = tuple[jax.Array, jax.Array]  # (k, v), each [L, B, S, K, H] (every layer's)
+# or, for one layer of qwen3.unstack_cache, each [B, S, K, H]
 
 _KERNEL_INIT = nn.initializers.normal(stddev=0.02)  # HF initializer_range
 _HIDDEN = ("act_batch", "act_length", "act_embed")
@@ -88,7 +89,9 @@ class Attention(nn.Module):
     """x [B, T, D], positions [B, T]; kv_cache (all layers') gets k/v at [layer, :, cache_index].
 
     The stacked cache is updated in place (a loop-carried buffer): no layer's cache is
-    copied whole, as a scan's stacked output would be at every decode step.
+    copied whole, as a scan's stacked output would be at every decode step. layer None:
+    kv_cache is this layer's own [B, S, K, H] pair (qwen3.unstack_cache), written at
+    [:, cache_index] and read whole, with no slice of a stack to copy.
 
     Attention is computed by config.attention (see attention.py) over the mask description.
     """
@@ -110,16 +113,22 @@ class Attention(nn.Module):
     new_cache = None
     if kv_cache is not None:
       cache_k, cache_v = kv_cache
-      start = (layer, 0, cache_index, 0, 0)
-      cache_k = jax.lax.dynamic_update_slice(cache_k, key[None].astype(cache_k.dtype), start)
-      cache_v = jax.lax.dynamic_update_slice(cache_v, value[None].astype(cache_v.dtype), start)
-      key = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False)
-      value = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)
-      new_cache = (cache_k, cache_v)
+      if layer is None:
+        start = (0, cache_index, 0, 0)
+        key = jax.lax.dynamic_update_slice(cache_k, key.astype(cache_k.dtype), start)
+        value = jax.lax.dynamic_update_slice(cache_v, value.astype(cache_v.dtype), start)
+        new_cache = (key, value)
+      else:
+        start = (layer, 0, cache_index, 0, 0)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, key[None].astype(cache_k.dtype), start)
+        cache_v = jax.lax.dynamic_update_slice(cache_v, value[None].astype(cache_v.dtype), start)
+        key = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False)
+        value = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)
+        new_cache = (cache_k, cache_v)
     kv_axes = ("act_batch", "act_length", "act_kv_heads", "head_dim")
     out = attention.attention(q, self.shard(key, kv_axes), self.shard(value, kv_axes), mask,
                               cfg.attention, cfg.attention_block_q, cfg.attention_block_k,
-                              self.shard)
+                              self.shard, stacked_cache=kv_cache is not None and layer is not None)
     out = self.shard(out, ("act_batch", "act_length", "act_heads", "head_dim"))
     out = Einsum("BTNH,NHD->BTD", (n, h, d), ("q_heads", "head_dim", "embed"), o_bias,
                  name="o_proj", **kw)(out)

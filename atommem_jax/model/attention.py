@@ -116,13 +116,12 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                      mask: AttentionMask) -> jax.Array:
   """One query per row over a cache: q [B, 1, N, H], k/v [B, S, K, H] -> [B, 1, N, H].
 
-  Dense's result (fp32 softmax, the same finite masked logit) on every row that sees a key;
-  a fully masked row gives zeros, as blockwise does. Written as multiply-and-reduce so that
-  XLA:CPU reads k and v once each in their cache layout: a dot over [B, S, K, H] would first
-  copy them transposed to [B, K, S, H], and the blockwise path pads the cache to whole tiles
-  (the decode profile in BENCHMARKS.md). k and v are read through a select on the visible
-  slots: read plainly, XLA folded the layer's read into the cache update and then copied the
-  whole stacked cache at every step (tests/test_decode_program.py).
+  Dense's result (fp32 softmax, the same finite masked logit). Written as multiply-and-
+  reduce so that XLA:CPU reads k and v once each in their cache layout: a dot over
+  [B, S, K, H] would first copy them transposed to [B, K, S, H], and the blockwise path
+  pads the cache to whole tiles (the decode profile in BENCHMARKS.md). Fed a slice of a
+  stacked cache, XLA:CPU copies the slice (or the whole stack); the CPU sampler gives each
+  layer its own cache (qwen3.unstack_cache).
   """
   batch, length, num_heads, head_dim = q.shape
   if length != 1:
@@ -131,11 +130,11 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   num_kv_heads = k.shape[2]
   q = q.reshape(batch, 1, num_kv_heads, num_heads // num_kv_heads, head_dim)
   visible = mask.block(0, 1, 0, k.shape[1])[:, 0, :, None, None]  # [B, S, 1, 1]
-  k, v = (jnp.where(visible, x.astype(jnp.float32), 0.0) for x in (k, v))
-  scores = jnp.sum(q.astype(jnp.float32) * k[:, :, :, None, :], axis=-1) * head_dim**-0.5
+  product = q.astype(jnp.float32) * k.astype(jnp.float32)[:, :, :, None, :]
+  scores = jnp.sum(product, axis=-1) * head_dim**-0.5
   scores = jnp.where(visible, scores, _MASKED_LOGIT)  # [B, S, K, G]
   probs = jax.nn.softmax(scores, axis=1)
-  out = jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1)
+  out = jnp.sum(probs[..., None] * v.astype(jnp.float32)[:, :, :, None, :], axis=1)
   return out.reshape(batch, 1, num_heads, head_dim).astype(q.dtype)
 
 
@@ -401,14 +400,16 @@ def _gpu_available() -> bool:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
               implementation: str = "auto", block_q: int = 512, block_k: int = 512,
-              shard: sharding.ActivationSharding = sharding.ActivationSharding()) -> jax.Array:
+              shard: sharding.ActivationSharding = sharding.ActivationSharding(),
+              stacked_cache: bool = False) -> jax.Array:
   """q [B, T, N, H], k/v [B, S, K, H] -> [B, T, N, H] by the chosen implementation.
 
   "dense" and "blockwise" are used as named. A fused kernel ("cudnn", "splash") runs where
   it can express the call; elsewhere, and for a single query (decode), the fallback is
   blockwise for T > 1 and dense for T == 1. "auto": blockwise on CPU with tiles of at most
   _CPU_TILE (the config's tiles size the accelerator kernels), `decode_attention` for a
-  single query there; splash on TPU, cuDNN on GPU.
+  single query there unless k/v are a layer's slice of a stacked cache (stacked_cache: XLA
+  would then copy the whole stack at every step); splash on TPU, cuDNN on GPU.
   """
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r}; expected one of "
@@ -436,7 +437,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
     return cudnn_or_fallback(q, k, v, mask)
   cpu_blockwise = functools.partial(blockwise_attention, block_q=min(block_q, _CPU_TILE),
                                     block_k=min(block_k, _CPU_TILE))
-  per_platform = dict(cpu=decode_attention if decode else cpu_blockwise, tpu=splash_or_fallback)
+  cpu_decode = cpu_blockwise if stacked_cache else decode_attention
+  per_platform = dict(cpu=cpu_decode if decode else cpu_blockwise, tpu=splash_or_fallback)
   if _gpu_available():  # the cuDNN call cannot even be traced without a GPU backend
     per_platform["cuda"] = cudnn_or_fallback
   return jax.lax.platform_dependent(q, k, v, mask, default=fallback, **per_platform)

@@ -1,8 +1,9 @@
 """The Qwen3 dense decoder and its pure-function API: init, forward, logits, KV cache.
 
 Parameters are a plain nested dict with the layers stacked on a leading L axis (nn.scan
-layout), whether or not the forward scans; `unstack_layers` splits them for CPU inference. Letters: B batch, T query length, S key (cache)
-length, D model dim, K kv heads, H head dim, V vocab, L layers.
+layout), whether or not the forward scans; `unstack_layers` (and `unstack_cache`) split them
+for CPU inference. Letters: B batch, T query length, S key (cache) length, D model dim,
+K kv heads, H head dim, V vocab, L layers.
 """
 
 from __future__ import annotations
@@ -72,10 +73,23 @@ class Qwen3(nn.Module):
     cfg = self.config
     embedder = Embedder(cfg, name="embedder")
     x = self.shard(embedder.encode(token_ids), ("act_batch", "act_length", "act_embed"))
+    per_layer_cache = kv_cache is not None and isinstance(kv_cache[0], tuple)
+    if per_layer_cache and not self.unstacked_layers:
+      raise ValueError("a per-layer KV cache (qwen3.unstack_cache) needs per-layer params "
+                       "(qwen3.unstack_layers)")
     if self.unstacked_layers:
+      caches = []
       for layer in range(cfg.num_hidden_layers):
-        (x, kv_cache), _ = _layers.DecoderLayer(cfg, self.shard, name=f"layers_{layer}")(
-            (x, kv_cache), positions, mask, jnp.int32(layer), cache_index)
+        decoder = _layers.DecoderLayer(cfg, self.shard, name=f"layers_{layer}")
+        if per_layer_cache:
+          (x, layer_cache), _ = decoder((x, (kv_cache[0][layer], kv_cache[1][layer])),
+                                        positions, mask, None, cache_index)
+          caches.append(layer_cache)
+        else:
+          (x, kv_cache), _ = decoder((x, kv_cache), positions, mask, jnp.int32(layer),
+                                     cache_index)
+      if per_layer_cache:
+        kv_cache = (tuple(k for k, _ in caches), tuple(v for _, v in caches))
     else:
       (x, kv_cache), _ = _layers.layer_stack(cfg)(cfg, self.shard, name="layers")(
           (x, kv_cache), positions, mask, jnp.arange(cfg.num_hidden_layers), cache_index)
@@ -210,6 +224,17 @@ def unstack_layers(params: Params) -> Params:
   num_layers = jax.tree.leaves(stacked)[0].shape[0]
   layers = {f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers)}
   return {**{k: v for k, v in params.items() if k != "layers"}, **layers}
+
+
+def unstack_cache(cache: Cache) -> Cache:
+  """The cache with k and v split into tuples of L per-layer [B, S, K, H] arrays.
+
+  With `unstack_layers` params, each layer then updates and reads its own arrays in place:
+  XLA:CPU otherwise copies the layer's slice of the stacked cache at every decode step
+  (or, with the decode attention reading it, the whole stack). CPU inference only.
+  """
+  split = lambda x: tuple(x[i] for i in range(x.shape[0]))
+  return {**cache, "k": split(cache["k"]), "v": split(cache["v"])}
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

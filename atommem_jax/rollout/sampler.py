@@ -167,9 +167,11 @@ def sample(config: Qwen3Config, params, prompt_tokens: jax.Array, prompt_mask: j
                           hidden_only=True)
   logits = qwen3.lm_head(config, params, hidden[:, -1:])
   eos_ids = jnp.asarray(sampling.eos_ids or (-1,), jnp.int32)
-  # XLA:CPU copies each scanned layer's slice of the stacked weights at every decode step;
-  # on CPU the loop reads per-layer copies made here, once (qwen3.unstack_layers).
-  decode_params = qwen3.unstack_layers(params) if _platform(mesh) == "cpu" else params
+  # XLA:CPU copies each scanned layer's slice of the stacked weights and cache at every
+  # decode step; on CPU the loop reads per-layer copies made here, once.
+  decode_params = params
+  if _platform(mesh) == "cpu":
+    decode_params, cache = qwen3.unstack_layers(params), qwen3.unstack_cache(cache)
   decode = functools.partial(qwen3.forward, config, decode_params, mesh=mesh, rules=rules)
 
   def cond(state):
