@@ -51,7 +51,8 @@ class Qwen3Config:
   remat: str = "none"  # one of REMAT_POLICIES, applied per layer
   scan_layers: bool = True  # lax.scan over the stacked layers; False unrolls them
   attention: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS
-  attention_block_q: int = 512  # query / key tile of the blockwise and splash kernels
+  # Query / key tile of the blockwise and splash kernels (auto on CPU caps it at 64).
+  attention_block_q: int = 512
   attention_block_k: int = 512
 
   def __post_init__(self):
