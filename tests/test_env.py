@@ -412,6 +412,13 @@ def test_parser_fuzz_is_total_valid_and_linear():
     parsed = parse_response(response, num_retrieved=num_retrieved)
     seconds = time.perf_counter() - start
     if _over_budget(seconds, len(response)):
+      # Timed again twice: a parse over budget every time is slow, not a stall of the host
+      # (a CI run once caught one 32 KB parse at 0.79 s that takes 7 ms).
+      for _ in range(2):
+        start = time.perf_counter()
+        parse_response(response, num_retrieved=num_retrieved)
+        seconds = min(seconds, time.perf_counter() - start)
+    if _over_budget(seconds, len(response)):
       slow.append((response[:40], len(response), round(seconds, 2)))
     for action in parsed.actions:
       if action.memory_index is not None:
