@@ -209,11 +209,6 @@ def compile_program(program: Program) -> Fit:
 # --- The programs of a run -------------------------------------------------------------------
 
 
-def batch_shards(mesh: Mesh) -> int:
-  """Devices a batch's rows are split over: the mesh's data x fsdp axes."""
-  return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 def abstract_batch(mesh: Mesh, rows: int, length: int) -> batch_lib.TrainBatch:
   """A TrainBatch [rows, length] of ShapeDtypeStructs laid out as the train steps take it."""
   host = batch_lib.pad_examples([], length=length, num_rows=rows)
@@ -267,7 +262,7 @@ def programs(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes,
   """The run's programs on `mesh`, built by the functions the train CLI calls."""
   train_config = config_lib.model_config(c)
   rollout_config = config_lib.model_config(c, rollout=True)
-  shards = batch_shards(mesh)
+  shards = steps_lib.batch_shards(mesh)
   out = []
   sft_optimizer = state_lib.make_optimizer(config_lib.optimizer_config(c, "sft"))
   grpo_optimizer = state_lib.make_optimizer(config_lib.optimizer_config(c, "grpo"))
@@ -438,7 +433,7 @@ def estimate(c: ml_collections.ConfigDict, mesh: Mesh, sizes: Sizes, name: str
             "backward_with_reference" if with_reference else "backward")),
     ]
     return parts
-  rows = sizes.rollout_rows * batch_shards(mesh)
+  rows = sizes.rollout_rows * steps_lib.batch_shards(mesh)
   keys = sizes.prompt_length + sizes.max_new_tokens
   cache = jax.eval_shape(lambda: qwen3.init_cache(rollout_config, rows, keys))
   cache_layout = sharding.logical_to_sharding(qwen3.cache_logical_axes(), mesh,
@@ -531,7 +526,7 @@ def run(c: ml_collections.ConfigDict, topology: topologies.Topology,
     print(note, file=out)
   devices = topology_devices(topology)
   mesh = config_lib.make_mesh(c, devices=devices)
-  sizes = default_sizes(c, batch_shards(mesh), sft_rows=sft_rows, grpo_rows=grpo_rows,
+  sizes = default_sizes(c, steps_lib.batch_shards(mesh), sft_rows=sft_rows, grpo_rows=grpo_rows,
                         rollout_rows=rollout_rows)
   print(f"{topology.name}: {len(devices)} x {devices[0].device_kind}, mesh "
         f"{dict(mesh.shape)}, {c.model.preset if not c.model.hf_dir else c.model.hf_dir}",

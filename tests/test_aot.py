@@ -10,6 +10,7 @@ import pytest
 from atommem_jax import aot
 from atommem_jax import config_lib
 from atommem_jax import topologies
+from atommem_jax.train import steps
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -93,7 +94,7 @@ def test_the_gpu_estimate_is_within_25_percent_of_the_tpu_compiler():
   c.grpo.update(questions_per_batch=2, group_size=2, loss_chunk=1024)
   c.rollout.update(prompt_buckets=(1024,), max_new_tokens=512)
   mesh = config_lib.make_mesh(c, devices=aot.topology_devices(topologies.get("v5p-8")))
-  sizes = aot.default_sizes(c, aot.batch_shards(mesh))
+  sizes = aot.default_sizes(c, steps.batch_shards(mesh))
   for program in aot.programs(c, mesh, sizes, ["sft_step", "grpo_step", "old_logprobs"]):
     compiled = aot.compile_program(program).total
     estimated = sum(part for _, part in aot.estimate(c, mesh, sizes, program.name))

@@ -120,7 +120,7 @@ def _row_multiple(job: Job, section) -> int:
   """Rows a batch of the stage is padded to a multiple of: whole micro-batches (SFT:
   sft.grad_accum of them; GRPO: grpo.micro_batch_rows rows per batch shard) of every
   mini-batch, on every batch shard."""
-  shards = job.mesh.shape["data"] * job.mesh.shape["fsdp"]
+  shards = steps_lib.batch_shards(job.mesh)
   if "micro_batch_rows" in section:
     return shards * max(1, section.micro_batch_rows) * section.num_minibatches
   return shards * section.grad_accum

@@ -117,7 +117,7 @@ def _apply(state: TrainState, grads: Params, loss: jax.Array,
                      "update_skipped": 1.0 - finite.astype(jnp.float32)}
 
 
-def batch_shards(mesh: Mesh, rules: sharding.Rules) -> int:
+def batch_shards(mesh: Mesh, rules: sharding.Rules = sharding.DEFAULT_RULES) -> int:
   """How many ways a batch's rows are split over the devices (the mesh axes of "batch")."""
   axes = sharding.logical_to_spec(("batch",), mesh, rules)[0] or ()
   return math.prod(mesh.shape[axis] for axis in ((axes,) if isinstance(axes, str) else axes))
@@ -142,10 +142,7 @@ def _check_targets_per_row(batch: TrainBatch, max_targets_per_row: int) -> None:
   """A host batch whose rows train more targets than the log-probs' bound is refused."""
   if max_targets_per_row <= 0 or isinstance(batch.loss_mask, jax.Array):
     return
-  mask = np.asarray(batch.loss_mask)[:, 1:] > 0
-  segments = np.asarray(batch.segment_ids)
-  mask &= (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] != 0)
-  most = int(mask.sum(axis=1).max(initial=0))
+  most = int(np.asarray(losses.target_mask(batch)).sum(axis=1).max(initial=0))
   if most > max_targets_per_row:
     raise ValueError(f"a batch row trains {most} target tokens, more than "
                      f"max_targets_per_row={max_targets_per_row} (a GRPO row holds one response "
