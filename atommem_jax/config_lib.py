@@ -6,13 +6,13 @@ the typed objects the code uses (Qwen3Config, EnvConfig, GRPOConfig, OptimizerCo
 SamplingConfig, a mesh); `load_config_file` runs another config file (by name or path), so
 that ablations can override any base config.
 
-Sections: model, tokenizer, mesh, embedder, env, data, rollout, sft, grpo, eval, checkpoint,
-export. Where a dataclass consumes a section, the dataclass is the schema: the section is
-filled from its defaults under the same field names, and its `__post_init__` is the one
+Sections: model, tokenizer, mesh, embedder, env, data, rollout, pretrain, sft, grpo, eval,
+checkpoint, export. Where a dataclass consumes a section, the dataclass is the schema: the
+section is filled from its defaults under the same field names, and its `__post_init__` is the one
 place that checks them (raising ValueError("FIELD=VALUE: what is expected"), which
 `validate` reports as `section.FIELD`):
 - env: `agent.env.EnvConfig`, all of it;
-- sft, grpo: `OptimizerConfig` (but total_steps, from the section's steps), and grpo also
+- pretrain, sft, grpo: `OptimizerConfig` (but total_steps, from the section's steps), and grpo also
   `GRPOConfig` (but temperature, which is rollout.temperature);
 plus the fields only the run reads (steps, epochs, batch sizes, intervals), checked here.
 The rollout section's sampling fields (max_new_tokens, temperature, top_k, top_p: the paper's
@@ -49,6 +49,10 @@ SCHEDULES = ("constant", "cosine", "linear")
 # grpo.kl_estimator and grpo.aggregation (GRPOConfig; train.losses).
 KL_ESTIMATORS = ("k3", "k1", "none")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
+# pretrain.tasks: the generated tasks a pretraining row is drawn from (train/pretrain_data.py).
+PRETRAIN_TASKS = ("recall", "copy", "documents", "qa")
+# pretrain.recall_facts: at most one fact per name of the synthetic pool (data.synthetic.NAMES).
+_RECALL_NAMES = 377
 
 
 def _check(config, ok: bool, name: str, expected: str) -> None:
@@ -233,6 +237,22 @@ def base_config() -> ml_collections.ConfigDict:
       prompt_buckets=(2048, 4096, 8192, 12288, 16384), max_new_tokens=4096, temperature=1.0,
       top_p=0.99, top_k=0))
 
+  # Pretraining from random init (train/pretrain_data.py): batch_size generated sequences a
+  # step, each one task drawn by the weights of `tasks` ("name:weight,...", names of
+  # PRETRAIN_TASKS): recall (key-value facts, then questions: the in-context lookup), copy
+  # (a span of a training context twice), documents (language modelling on a span), qa
+  # (documents then their questions and answers); rows of about max_len tokens. Recall's
+  # curriculum: recall_facts_start facts at step 0, growing linearly to recall_facts over
+  # recall_curriculum_steps (0: always recall_facts), recall_queries of them asked. Every
+  # probe_every_steps (0: never) the 16-fact lookup probe's accuracy is logged. steps=0 (the
+  # default) skips the stage; it cannot be derived from epochs (no -1).
+  c.pretrain = ml_collections.ConfigDict(dict(
+      **_section_fields(OptimizerConfig, lr=1e-3, warmup_steps=20, weight_decay=0.0),
+      steps=0, batch_size=128, max_len=256, tasks="recall:1", recall_facts=16,
+      recall_facts_start=3, recall_curriculum_steps=0, recall_queries=16,
+      probe_every_steps=100, loss_chunk=1024, checkpoint_every_steps=_interval(500),
+      eval_every_steps=_interval(0)))
+
   # A stage's `steps`: -1 derives them from its epochs over its data (setup.stage_steps), 0
   # skips the stage, N > 0 runs N. A stage checkpoints / evaluates every
   # {checkpoint,eval}_every_steps, or where that is None every checkpoint.every_steps /
@@ -374,12 +394,61 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for field in ("num_minibatches", "epochs"):
     if g[field] < 1:
       _fail(f"grpo.{field}", g[field], ">= 1")
+  _validate_pretrain(c)
   # The fields of the dataclasses check themselves.
   sampling_config(c, eos_ids=(), pad_id=0)
   env_config(c)
-  for stage in ("sft", "grpo"):
+  for stage in ("pretrain", "sft", "grpo"):
     optimizer_config(c, stage)
   grpo_config(c)
+
+
+def _validate_pretrain(c: ml_collections.ConfigDict) -> None:
+  """The pretrain section's run fields (its optimizer fields check themselves)."""
+  p = c.pretrain
+  if p.steps < 0:
+    _fail("pretrain.steps", p.steps, "0 (no pretraining) or a step count; pretraining has no "
+          "data to count epochs over, so -1 is not supported")
+  recall_facts_ok = isinstance(p.recall_facts, int) and 1 <= p.recall_facts <= _RECALL_NAMES
+  least = {"batch_size": (1, "sequences a step"), "max_len": (2, "tokens a row"),
+           "recall_queries": (1, "questions a recall row"),
+           "recall_curriculum_steps": (0, "steps (0: always recall_facts)"),
+           "probe_every_steps": (0, "steps (0: never)"),
+           "loss_chunk": (0, "positions per lm-head call (0: the whole row at once)")}
+  for field, (bound, unit) in least.items():
+    if not isinstance(p[field], int) or p[field] < bound:
+      _fail(f"pretrain.{field}", p[field], f"a whole number >= {bound} {unit}")
+  if not recall_facts_ok:
+    _fail("pretrain.recall_facts", p.recall_facts,
+          f"a whole number of facts in [1, {_RECALL_NAMES}] (one key name each)")
+  if not isinstance(p.recall_facts_start, int) or not 1 <= p.recall_facts_start <= p.recall_facts:
+    _fail("pretrain.recall_facts_start", p.recall_facts_start,
+          f"a whole number of facts in [1, recall_facts={p.recall_facts}]")
+  for kind, bound in (("checkpoint", 1), ("eval", 0)):
+    every = p.get(f"{kind}_every_steps")
+    if every is not None and every < bound:
+      _fail(f"pretrain.{kind}_every_steps", every, f">= {bound}, or None for {kind}.every_steps")
+  pretrain_tasks(p.tasks)
+
+
+def pretrain_tasks(text: str) -> dict[str, float]:
+  """pretrain.tasks as {task: weight} ("recall:4,copy:1"; a name alone weighs 1); a malformed
+  list raises ConfigError naming pretrain.tasks and the item that is wrong."""
+  expected = (f"comma-separated name:weight items with names from {list(PRETRAIN_TASKS)}, "
+              "each at most once, and finite weights > 0 (e.g. 'recall:4,copy:1')")
+  if not isinstance(text, str) or not text.strip():
+    _fail("pretrain.tasks", text, expected)
+  weights = {}
+  for item in text.split(","):
+    name, has_weight, weight = (part.strip() for part in item.partition(":"))
+    try:
+      value = float(weight) if has_weight else 1.0
+    except ValueError:
+      value = math.nan
+    if name not in PRETRAIN_TASKS or name in weights or not (math.isfinite(value) and value > 0):
+      _fail("pretrain.tasks", text, f"{expected}; {item.strip()!r} is not")
+    weights[name] = value
+  return weights
 
 
 def execution_fields(c: ml_collections.ConfigDict, *, rollout: bool = False) -> dict:
@@ -443,8 +512,9 @@ def env_config(c: ml_collections.ConfigDict) -> env_lib.EnvConfig:
 
 
 def optimizer_config(c: ml_collections.ConfigDict, stage: str) -> OptimizerConfig:
-  """The optimizer of stage "sft" or "grpo": its section's OptimizerConfig fields; a cosine or
-  linear schedule decays over the stage's steps (concrete by training time: `setup.with_steps`).
+  """The optimizer of stage "pretrain", "sft" or "grpo": its section's OptimizerConfig fields;
+  a cosine or linear schedule decays over the stage's steps (concrete by training time:
+  `setup.with_steps`).
 
   A stage of no more steps than its warm-up (a smoke run), or whose steps are still -1
   (derived later), has its decay end one step past the warm-up, which it never reaches.

@@ -1,10 +1,12 @@
-"""The whole training job: tokenizer, SFT, GRPO, evaluation, export; resumable.
+"""The whole training job: tokenizer, pretraining, SFT, GRPO, evaluation, export; resumable.
 
-`run(config, workdir)` is what `python -m atommem_jax.train` calls. Evaluations (random
-init, after SFT, after GRPO) are cached in workdir/evaluations.json, so a resumed run does
-not repeat them; a stage that trains in this run drops its cached evaluation (and GRPO's,
-after SFT), so a rerun whose checkpoints were deleted never shows the old policy's row. The
-final policy is exported to workdir/hf (or export.hf_dir).
+`run(config, workdir)` is what `python -m atommem_jax.train` calls. With pretrain.steps > 0
+the model is first pretrained (`stages.run_pretrain`), and SFT, GRPO or the export start
+from that base. Evaluations (random init, after pretraining, after SFT, after GRPO) are
+cached in workdir/evaluations.json, so a resumed run does not repeat them; a stage that
+trains in this run drops its cached evaluation (and those of the stages after it), so a
+rerun whose checkpoints were deleted never shows the old policy's row. The final policy is
+exported to workdir/hf (or export.hf_dir).
 
 The workdir may be a URL (gs://, s3://: `atommem_jax.fileio`). On several processes (hosts)
 every process calls `run` with the same config and a workdir on a shared file system or URL;
@@ -31,7 +33,8 @@ from atommem_jax.train import setup
 from atommem_jax.train import stages
 
 EVALUATIONS_FILE = "evaluations.json"
-ROWS = (("init", "random init"), ("sft", "after SFT"), ("grpo", "after GRPO"))
+ROWS = (("init", "random init"), ("pretrain", "after pretraining"), ("sft", "after SFT"),
+        ("grpo", "after GRPO"))
 
 
 def _load_evaluations(workdir: str) -> dict[str, dict[str, float]]:
@@ -107,18 +110,38 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   grpo_steps = setup.stage_steps(job, stages.GRPO, lambda: len(train_contexts))
   job = setup.with_steps(job, sft=sft_steps, grpo=grpo_steps)
   init_key = jax.random.key(config.seed)
+  pretrain_steps = config.pretrain.steps
+  pretrain_done = stages.stage_progress(job, stages.PRETRAIN) if pretrain_steps else 0
   sft_done = stages.stage_progress(job, stages.SFT)
   grpo_done = stages.stage_progress(job, stages.GRPO)
-  fresh = sft_done == 0 and grpo_done == 0
+  later_started = sft_done > 0 or grpo_done > 0
+  fresh = pretrain_done == 0 and not later_started
   evaluate_start = evaluate_init and "init" not in evaluations and fresh
   # The policy before training (model.hf_dir's weights, else a random init), read only where
   # it is evaluated or a stage starts from it: a stage resuming from its checkpoint never
-  # reads it. SFT from random init keeps its own key (`state.create_train_state`).
+  # reads it. A stage from random init keeps its own key (`state.create_train_state`).
   hf_start = bool(config.model.hf_dir)
   initial = (setup.initial_params(job, init_key)
-             if evaluate_start or not sft_steps or (hf_start and fresh) else None)
+             if evaluate_start or not (sft_steps or pretrain_steps) or (hf_start and fresh)
+             else None)
   if evaluate_start:
     evaluate_once("init", initial, 0)
+  start = initial if hf_start else init_key  # where the first stage starts from
+
+  # The base SFT starts from (GRPO, or the export, without SFT): the pretrained params when
+  # pretraining, read only where a stage starts from it or it is exported (pretraining runs
+  # or resumes only while no later stage has started).
+  base = initial
+  if pretrain_steps:
+    if not later_started:
+      if pretrain_done < pretrain_steps:  # the cached rows after it are of another base
+        _forget_evaluations(workdir, evaluations, ("pretrain", "sft", "grpo"))
+      base = stages.run_pretrain(job, start, train_contexts, 0, evaluate)
+    elif not sft_steps:
+      base = stages.restore_params(job, stages.PRETRAIN)
+    if base is not None:
+      evaluate_once("pretrain", base, pretrain_steps)
+    start = base
 
   params = None
   if sft_steps and grpo_done == 0:
@@ -127,21 +150,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       _forget_evaluations(workdir, evaluations, ("sft", "grpo"))
     if sft_trains and not examples:
       examples[:] = stages.sft_examples(job, train_contexts)
-    params = stages.run_sft(job, initial if hf_start else init_key, examples, 0, evaluate)
+    params = stages.run_sft(job, start, examples, pretrain_steps, evaluate)
   elif sft_steps:
     params = stages.restore_params(job, stages.SFT)
   if params is None:
-    params = initial
+    params = base
   if sft_steps:
-    evaluate_once("sft", params, sft_steps)
+    evaluate_once("sft", params, pretrain_steps + sft_steps)
 
   if grpo_steps:
     if grpo_done < grpo_steps:
       _forget_evaluations(workdir, evaluations, ("grpo",))
     reference = (stages.restore_params(job, stages.SFT) if sft_steps else
                  jax.tree.map(lambda x: x.copy(), params))
-    params = stages.run_grpo(job, params, reference, train_contexts, sft_steps, evaluate)
-    evaluate_once("grpo", params, sft_steps + grpo_steps)
+    params = stages.run_grpo(job, params, reference, train_contexts,
+                             pretrain_steps + sft_steps, evaluate)
+    evaluate_once("grpo", params, pretrain_steps + sft_steps + grpo_steps)
 
   hf_dir = config.export.hf_dir or fileio.join(workdir, "hf")
   hf.save_hf(job.model_config, params, hf_dir, tokenizer_dir=job.tokenizer_dir)

@@ -171,8 +171,9 @@ def initial_params(job: Job, key: jax.Array) -> dict[str, Any]:
 
 
 def every_steps(config: ml_collections.ConfigDict, stage: str, kind: str) -> int:
-  """How often `stage` ("sft", "grpo") does `kind` ("checkpoint", "eval"): the stage's own
-  {kind}_every_steps when set, else the section's {kind}.every_steps (0: never, for eval)."""
+  """How often `stage` ("pretrain", "sft", "grpo") does `kind` ("checkpoint", "eval"): the
+  stage's own {kind}_every_steps when set, else the section's {kind}.every_steps (0: never,
+  for eval)."""
   own = config[stage].get(f"{kind}_every_steps")
   return config[kind].every_steps if own is None else own
 

@@ -1,9 +1,11 @@
-"""The SFT and GRPO stages: resumable step loops that log, evaluate and checkpoint.
+"""The pretraining, SFT and GRPO stages: resumable step loops that log, evaluate and checkpoint.
 
 Each stage checkpoints into workdir/checkpoints/<stage> with meta {"stage", "stage_step"}
 (steps done, which is also the data position: batches and rollout keys are pure functions
 of (seed, stage, step)). A stage that finds a complete checkpoint continues after it; the
 final step is always saved, so the SFT directory's newest step is the GRPO reference.
+Pretraining (`run_pretrain`) is SFT's step on `pretrain_data`'s generated rows, and logs the
+lookup probe's accuracy as it goes.
 
 On several processes every process runs the same loops: SFT batches are the same
 everywhere; a GRPO batch is assembled from each process's rollout rows (`grpo_batch`,
@@ -14,6 +16,7 @@ episodes (`distributed.gather_outcomes`), so they equal a one-process run's.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Callable
 
 import jax
@@ -31,14 +34,15 @@ from atommem_jax.train import distributed
 from atommem_jax.train import evaluation
 from atommem_jax.train import losses
 from atommem_jax.train import metrics as metrics_lib
+from atommem_jax.train import pretrain_data
 from atommem_jax.train import setup
 from atommem_jax.train import sft_data
 from atommem_jax.train import state as state_lib
 from atommem_jax.train import steps as steps_lib
 from atommem_jax.train.setup import Job
 
-SFT, GRPO = "sft", "grpo"
-_STAGE_IDS = {SFT: 1, GRPO: 2}
+PRETRAIN, SFT, GRPO = "pretrain", "sft", "grpo"
+_STAGE_IDS = {SFT: 1, GRPO: 2, PRETRAIN: 3}  # folded into the stages' keys: never renumber
 _ROW_QUANTUM = 16  # GRPO batches are padded to a multiple of this many rows (few compiles)
 _STATE_KEY_STEP = 2**32 - 1  # folded in for the TrainState's own key (never a step)
 
@@ -199,6 +203,60 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
       if (step + 1) % setup.every_steps(job.config, SFT, "checkpoint") == 0 or step + 1 == c.steps:
         _save(job, manager, state, SFT, step + 1, force=step + 1 == c.steps)
       _maybe_evaluate(job, evaluate, state.params, SFT, step + 1, c.steps, offset)
+  return state.params
+
+
+def _pretrain_corpus(job: Job, contexts) -> tuple[pretrain_data.Corpus,
+                                                   batch_lib.TrainBatch | None]:
+  """The tokenized corpus of the pretraining rows, and the probe batch (None: no probe)."""
+  c = job.config.pretrain
+  tasks = config_lib.pretrain_tasks(c.tasks)
+  from_contexts = set(tasks) - {"recall"}
+  if from_contexts and not contexts:
+    raise config_lib.ConfigError(
+        f"config field pretrain.tasks={c.tasks!r}: {', '.join(sorted(from_contexts))} rows are "
+        "cut from the training contexts, but there are none; give training data or keep recall "
+        "only")
+  try:
+    corpus = pretrain_data.make_corpus(job.tokenizer, contexts if from_contexts else (),
+                                       recall="recall" in tasks or c.probe_every_steps > 0)
+  except ValueError as e:  # a name of the pool is not one token
+    raise config_lib.ConfigError(f"config field tokenizer={job.config.tokenizer!r}: {e}") from e
+  return corpus, pretrain_data.probe_batch(job.tokenizer) if c.probe_every_steps else None
+
+
+def run_pretrain(job: Job, init: Params | jax.Array, contexts, offset: int,
+                 evaluate: Evaluator | None = None) -> Params:
+  """Pretraining on generated rows (`pretrain_data`) for pretrain.steps steps from `init`
+  (params or a key); returns the final params. Every pretrain.probe_every_steps (and at the
+  last step) the lookup probe's accuracy is logged and written as pretrain/probe_accuracy."""
+  c = job.config.pretrain
+  optimizer = state_lib.make_optimizer(config_lib.optimizer_config(job.config, PRETRAIN))
+  pretrain_step = steps_lib.make_sft_step(job.model_config, optimizer, job.mesh,
+                                          prompt_loss_weight=0.0, loss_chunk=c.loss_chunk)
+  timer = metrics_lib.StepTimer()
+  started = time.perf_counter()
+  with checkpointer(job, PRETRAIN) as manager:
+    state, start = _start_state(job, PRETRAIN, optimizer, init, manager)
+    corpus, probe = _pretrain_corpus(job, contexts) if start < c.steps else (None, None)
+    for step in _progress(PRETRAIN, start, c.steps):
+      batch = pretrain_data.pretrain_batch(c, corpus, job.config.seed, step, pad_id=job.pad_id,
+                                           row_multiple=steps_lib.batch_shards(job.mesh))
+      timer.start()
+      state, metrics = pretrain_step(state, batch)
+      timing = timer.stop(float(np.sum(batch.segment_ids > 0)), metrics)
+      done = step + 1
+      if probe is not None and (done % c.probe_every_steps == 0 or done == c.steps):
+        accuracy = pretrain_data.probe_accuracy(job.model_config, state.params, probe)
+        metrics = {**metrics, "probe_accuracy": accuracy}
+        job.log(f"pretrain step {done}: loss {float(metrics['loss']):.3f}, probe accuracy "
+                f"{accuracy:.3f} ({time.perf_counter() - started:.0f}s)")
+      job.writer.write(offset + done, {**metrics, **timing}, prefix="pretrain/")
+      _stop_if_skipped(job, manager, metrics, PRETRAIN, done)
+      if done % setup.every_steps(job.config, PRETRAIN, "checkpoint") == 0 or done == c.steps:
+        _save(job, manager, state, PRETRAIN, done, force=done == c.steps)
+      if evaluate is not None:
+        _maybe_evaluate(job, evaluate, state.params, PRETRAIN, done, c.steps, offset)
   return state.params
 
 

@@ -1,0 +1,28 @@
+"""Pretrains the tiny default's base model from random init on tasks generated from the synthetic
+world (issue 19): key-value recall with a curriculum from 3 to 16 facts, repeat-the-text,
+language modelling on the documents, and questions over documents; no SFT, no GRPO, no agent
+evaluation. The 16-fact lookup probe's accuracy is logged every pretrain.probe_every_steps
+steps, and the base is written in Hugging Face format (config.json, safetensors, tokenizer
+files) to WORKDIR/hf, the directory a later run loads with --config.model.hf_dir:
+
+  python -m atommem_jax.train --config configs/pretrain_tiny.py --workdir WORKDIR
+
+Model, tokenizer and data are configs/tiny.py's; rerunning the command resumes.
+"""
+
+import os
+
+from atommem_jax import config_lib
+
+
+def get_config():
+  c = config_lib.load_config_file("tiny", directory=os.path.dirname(__file__))
+  c.sft.steps = 0
+  c.grpo.steps = 0
+  c.eval.num_contexts = 0  # no agent evaluation: no held-out contexts are generated either
+  c.data.synthetic.eval_contexts = 0
+  # Placeholder weights of the tasks (to be tuned against the probe).
+  c.pretrain.update(steps=3000, tasks="recall:4,copy:1,documents:1,qa:1",
+                    recall_facts_start=3, recall_curriculum_steps=1000,
+                    checkpoint_every_steps=None, eval_every_steps=None)
+  return c
