@@ -267,3 +267,14 @@ def test_pretraining_resumes_to_the_same_weights_and_exports_a_loadable_base(tmp
     assert os.path.isfile(os.path.join(straight, "hf", name))
   with open(os.path.join(straight, "hf", "config.json")) as f:
     assert json.load(f)["num_hidden_layers"] == 2
+
+  # SFT after the complete pretraining starts from the pretrained base: at a learning rate of
+  # 1e-12 its one step leaves the base's weights, and its metrics follow pretraining's steps.
+  result = subprocess.run(command(straight) + ["--config.sft.steps=1", "--config.sft.lr=1e-12"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "pretrain: resuming after step 4" in result.stdout
+  after_sft = safetensors.numpy.load_file(os.path.join(straight, "hf", "model.safetensors"))
+  for name in weights[1]:
+    np.testing.assert_allclose(after_sft[name], weights[1][name], atol=1e-8, err_msg=name)
+  assert sorted(test_train_cli._losses(straight, "sft")) == [5]
