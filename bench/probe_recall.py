@@ -3,7 +3,7 @@
   python bench/probe_recall.py [--key k1|k2|k3|anchor] [--facts 16] [--queries 4] [--batch 16]
                                [--steps 1000] [--lr 5e-3] [--b2 0.999] [--heads 4]
                                [--width 128] [--layers 2] [--qk_norm_init 1.0] [--pool 377]
-                               [--warm_facts 3 --warm_steps 600] [--backend jax|torch]
+                               [--warm_facts 3 --warm_steps 600 [--ramp]] [--backend jax|torch]
 
 The synthetic task needs an in-context lookup at every Create, Update and answer ("The friend of
 Bilu is Mina" ... "Who is the friend of Bilu?"). This probe trains the tiny default's shape
@@ -21,7 +21,8 @@ Keys and values are drawn from a pool of 377 tokens, as the synthetic task's nam
 sets another size). Every
 `--every` steps it prints the training loss and the accuracy of the argmax on a fixed held-out
 batch of 256 sequences with `facts` facts. With `--warm_steps`, the first steps train on
-sequences of `--warm_facts` facts (a short-context curriculum). References: ln(377) = 5.93
+sequences of `--warm_facts` facts (a short-context curriculum); with `--ramp` the count grows
+linearly from `--warm_facts` to `--facts` over those steps instead. References: ln(377) = 5.93
 is the loss of a uniform guess over the pool; ln(facts) that of a uniform guess among the
 values in context.
 
@@ -114,6 +115,9 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--warm_facts", type=int, default=3)
   parser.add_argument("--warm_steps", type=int, default=0)
+  parser.add_argument("--ramp", action="store_true",
+                      help="grow the fact count linearly from --warm_facts to --facts over "
+                           "the --warm_steps steps instead of switching at their end")
   parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
   args = parser.parse_args()
   for facts in (args.facts, args.warm_facts):
@@ -141,6 +145,8 @@ def main() -> None:
   questions = 1 if args.key == "anchor" else min(args.queries, args.facts)
   warm_up = (f", first {args.warm_steps} steps on {args.warm_facts} facts"
              if args.warm_steps else "")
+  if args.ramp and args.warm_steps:
+    warm_up = f", facts growing from {args.warm_facts} to {args.facts} over {args.warm_steps} steps"
   print(f"{args.backend}: key {args.key}, {args.facts} facts, {questions} questions, batch "
         f"{args.batch}, lr {args.lr}, b2 {args.b2}, {args.layers} layers, d{args.width}, "
         f"{args.heads} heads, q/k norm init {args.qk_norm_init}, pool {args.pool}{warm_up}; "
@@ -150,6 +156,8 @@ def main() -> None:
   started = time.perf_counter()
   for number in range(1, args.steps + 1):
     facts = args.warm_facts if number <= args.warm_steps else args.facts
+    if args.ramp and number <= args.warm_steps:
+      facts = args.warm_facts + (args.facts - args.warm_facts) * (number - 1) // args.warm_steps
     loss = train_step(make_batch(rng, args.key, facts, min(args.queries, facts), args.batch,
                                  args.pool))
     if number % args.every == 0 or number == args.steps:

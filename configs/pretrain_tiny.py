@@ -21,8 +21,10 @@ def get_config():
   c.grpo.steps = 0
   c.eval.num_contexts = 0  # no agent evaluation: no held-out contexts are generated either
   c.data.synthetic.eval_contexts = 0
-  # Placeholder weights of the tasks (to be tuned against the probe).
-  c.pretrain.update(steps=3000, tasks="recall:4,copy:1,documents:1,qa:1",
-                    recall_facts_start=3, recall_curriculum_steps=1000,
-                    checkpoint_every_steps=None, eval_every_steps=None)
+  # Recall carries the lookup the probe measures (3 of 5 rows); repeat-the-text and questions
+  # over documents the copy-from-context and answering the agent needs. A constant lr, so that
+  # a run resumed with more steps continues the same schedule.
+  c.pretrain.update(steps=3000, tasks="recall:3,copy:1,qa:1", recall_facts_start=4,
+                    recall_curriculum_steps=300, checkpoint_every_steps=100,
+                    eval_every_steps=None)
   return c
