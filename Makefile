@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # make bench: quick runs of every benchmark; BENCH_ARGS=--full (their defaults), --check, --only NAMES
 BENCH_ARGS ?=
 
-.PHONY: install test test-slow test-all demo paper-smoke bench clean
+.PHONY: install test test-slow test-all demo base paper-smoke bench clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m atommem_jax.demo
+
+# Regenerates the pretrained base that make demo starts from (models/tiny_base; its README.md
+# is the model card): configs/pretrain_tiny.py for BASE_STEPS steps, resumable (rerun the same
+# command), exported over models/tiny_base. BASE_STEPS=3000 goes further than the shipped base.
+BASE_STEPS ?= 400
+base: $(STAMP)
+	$(PY) -m atommem_jax.train --config configs/pretrain_tiny.py --workdir workdir/pretrain_tiny \
+	  --config.pretrain.steps=$(BASE_STEPS) --config.export.hf_dir=models/tiny_base
 
 # configs/qwen3_8b_a800.py end to end on this CPU (a 2-layer random Qwen3, the real tokenizer,
 # the shipped HotpotQA/MuSiQue slices): build, collect, SFT, GRPO, evaluate, export.

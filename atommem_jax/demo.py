@@ -1,20 +1,20 @@
 r"""`make demo`: the training job on the embedded default config, plus the no-Update ablation.
 
-  python -m atommem_jax.demo [--config configs/tiny.py] [--workdir workdir/demo] \
+  python -m atommem_jax.demo [--config configs/demo.py] [--workdir workdir/demo] \
       [--config.seed=N] [--ablation=sft|eval|none]
 
-1. `atommem_jax.train.loop.run` on the config in --workdir: synthetic BPE tokenizer, tiny
-   Qwen3 from random init, SFT on oracle trajectories, GRPO, greedy evaluation on held-out
-   synthetic contexts (random init, after SFT, after GRPO) and HF export.
-2. The no-Update ablation (default "eval": a second SFT does not fit the demo's ~10 minutes
-   on a 2-core CPU). "sft" (in --workdir/no_update): the same SFT on oracle
-   trajectories of an environment with Update disabled, evaluated with Update disabled (no
-   GRPO). "eval" (cheaper): the policy of step 1 after SFT, evaluated in an environment
-   that refuses Update (its Update actions count as invalid): what Update is worth to a
-   policy trained with it, not a policy trained without it.
+1. `atommem_jax.train.loop.run` on the config in --workdir: the pretrained tiny base shipped
+   in models/tiny_base (configs/demo.py's model.hf_dir, with its own tokenizer), SFT on
+   oracle trajectories, GRPO, greedy evaluation on held-out synthetic contexts (the base,
+   after SFT, after GRPO) and HF export.
+2. The no-Update ablation. "sft" (the default, in --workdir/no_update): trained as an
+   ablation, the same SFT on oracle trajectories of an environment with Update disabled,
+   evaluated with Update disabled (no GRPO). "eval" (cheaper): the policy after SFT evaluated
+   in an environment that refuses Update (its Update actions count as invalid): what Update
+   is worth to a policy trained with it, not a policy trained without it.
 
-Prints the EM table and the wall times; writes them to --workdir/demo_results.json. A rerun
-resumes (or reuses) both runs from their checkpoints.
+Prints the EM table (with the operation counts per episode) and the wall times; writes them
+to --workdir/demo_results.json. A rerun resumes (or reuses) both runs from their checkpoints.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from atommem_jax import fileio
 
 PROG = "atommem_jax.demo"
 
-config_flags.DEFINE_config_file("config", "configs/tiny.py", "experiment config")
+config_flags.DEFINE_config_file("config", "configs/demo.py", "experiment config")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "run directory")
-_ABLATION = flags.DEFINE_enum("ablation", "eval", ["sft", "eval", "none"],
+_ABLATION = flags.DEFINE_enum("ablation", "sft", ["sft", "eval", "none"],
                               "no-Update ablation: a second SFT without Update, the SFT policy "
                               "evaluated without Update, or none")
 
@@ -44,8 +44,7 @@ def main(argv: Sequence[str]) -> None:
   from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
   started = time.perf_counter()
   main_run = loop.run(config, _WORKDIR.value)
-  rows = [(label, main_run["evaluations"][name]) for name, label in loop.ROWS
-          if name in main_run["evaluations"]]
+  rows = loop.table_rows(config, main_run["evaluations"])
   seconds = {"main": main_run["seconds"]}
   ablation = config.copy_and_resolve_references()
   ablation.env.enable_update = False

@@ -3,8 +3,9 @@ r"""Exports a training run's checkpoint as a Hugging Face Qwen3 directory.
   python -m atommem_jax.export --checkpoint DIR --out HF_DIR [--config FILE] [--step N]
 
 --checkpoint is a run's workdir, its checkpoints/ directory, or one stage's directory
-(checkpoints/sft or checkpoints/grpo); a workdir or checkpoints/ directory exports the
-latest stage (GRPO when it has a complete step, else SFT). The model config and tokenizer
+(checkpoints/pretrain, checkpoints/sft or checkpoints/grpo); a workdir or checkpoints/
+directory exports the latest stage (GRPO when it has a complete step, else SFT, else the
+pretrained base). The model config and tokenizer
 come from the files the run wrote to its workdir (model_config.json, run.json); --config
 is only needed for checkpoints written outside `python -m atommem_jax.train` (the model
 then comes from the config's model section, the tokenizer from its tokenizer field); its

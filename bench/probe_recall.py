@@ -26,6 +26,11 @@ linearly from `--warm_facts` to `--facts` over those steps instead. References: 
 is the loss of a uniform guess over the pool; ln(facts) that of a uniform guess among the
 values in context.
 
+`--hf_dir DIR` trains nothing: it scores a Hugging Face base (models/tiny_base, a
+pretraining run's export) on the probe in its own tokenizer's words (`train.pretrain_data`:
+" Zale is Beri . ... ? Zale is Beri .", 16 facts and 16 questions, 256 fixed rows), the
+accuracy its model card states.
+
 `--backend torch` trains transformers' Qwen3ForCausalLM of the same shape instead, with
 torch's AdamW on the same schedule (same data, same loss): an independent reference for
 whether a slow start is our model's or the task's (a reference, so no q/k-norm option).
@@ -119,7 +124,12 @@ def main() -> None:
                       help="grow the fact count linearly from --warm_facts to --facts over "
                            "the --warm_steps steps instead of switching at their end")
   parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
+  parser.add_argument("--hf_dir", default="",
+                      help="score this Hugging Face base on the text probe instead of training")
   args = parser.parse_args()
+  if args.hf_dir:
+    print(f"{args.hf_dir}: 16-fact lookup probe accuracy {score_hf_dir(args.hf_dir):.3f}")
+    return
   for facts in (args.facts, args.warm_facts):
     if not 1 <= min(args.queries, facts) or (args.key in ("k2", "k3") and facts > 20):
       parser.error("need --queries >= 1, --facts and --warm_facts >= 1, and at most 20 facts "
@@ -163,6 +173,17 @@ def main() -> None:
     if number % args.every == 0 or number == args.steps:
       print(f"| {number} | {loss:.3f} | {accuracy():.3f} | "
             f"{time.perf_counter() - started:.0f} |", flush=True)
+
+
+def score_hf_dir(hf_dir: str) -> float:
+  """The text probe's accuracy (`pretrain_data.probe_batch`, 16 facts, 16 questions) of the
+  Hugging Face base in `hf_dir`, read with its own tokenizer."""
+  from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
+  from atommem_jax.train import pretrain_data  # pylint: disable=g-import-not-at-top
+  config, params = hf.load_hf(hf_dir, jnp.float32)
+  tokenizer = tokenizer_lib.load_tokenizer(hf_dir)
+  return pretrain_data.probe_accuracy(config, params, pretrain_data.probe_batch(tokenizer))
 
 
 def _jax_trainer(config, args, held_out: TrainBatch):

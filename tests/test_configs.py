@@ -47,7 +47,7 @@ def _config_names() -> list[str]:
 
 
 def test_every_config_file_is_covered():
-  assert set(_config_names()) == set(PAPER_CONFIGS) | {"tiny", "pretrain_tiny"} | set(ABLATIONS)
+  assert set(_config_names()) == set(PAPER_CONFIGS) | {"tiny", "pretrain_tiny", "demo"} | set(ABLATIONS)
 
 
 @pytest.mark.parametrize("name", _config_names())

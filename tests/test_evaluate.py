@@ -156,6 +156,18 @@ def test_answer_recall_counts_the_store_and_each_questions_own_reads():
   assert evaluation.answer_recall(context, untraced) == ([1.0, 1.0, 0.0], [])
 
 
+def test_updated_exact_match_keeps_the_questions_whose_chain_was_superseded():
+  from types import SimpleNamespace as NS  # pylint: disable=g-import-not-at-top
+  old = multihop.Fact(0, "Fime lives in Pari.")
+  new = multihop.Fact(3, "Update: Fime moved from Pari to Daso.")
+  moved = multihop.Evidence(chain=(new,), superseded=(multihop.Supersession(old, new),))
+  kept = multihop.Evidence(chain=(multihop.Fact(1, "Geku is owned by Vano."),), superseded=())
+  rollout = NS(result=NS(exact_match=(1.0, 1.0, 0.0)))
+  # q0 and q2 were updated (right, wrong); q1 was not and is left out.
+  assert evaluation.updated_exact_match(NS(evidence=(moved, kept, moved)), rollout) == [1.0, 0.0]
+  assert evaluation.updated_exact_match(NS(evidence=()), rollout) == []  # real benchmarks
+
+
 _BPE_TEXTS = ["Document 1:\nVipe\nVipe lives in Puli. Vipe works for Gobe.",
               "Question: Where does the employer of Vipe live? Gobe is based in Puli."] * 20
 

@@ -69,8 +69,17 @@ def answer_recall(context, rollout) -> tuple[list[float], list[float]]:
   return in_store, retrieved if rollout.observations else []
 
 
+def updated_exact_match(context, rollout) -> list[float]:
+  """EM of each question whose answer changed in the context (a fact on its evidence chain
+  was superseded by a later document: the synthetic task's updates), in question order; the
+  questions without evidence (real benchmarks) or without an update are left out."""
+  return [float(em) for evidence, em in zip(context.evidence, rollout.result.exact_match)
+          if evidence.superseded]
+
+
 def summarize(contexts: Sequence[LongContext], results, in_store: Sequence[float],
-              retrieved: Sequence[float], seconds: float) -> dict[str, Any]:
+              retrieved: Sequence[float], seconds: float,
+              updated: Sequence[float] = ()) -> dict[str, Any]:
   """One evaluation's row: sizes, answer quality, answer recall and operation usage.
 
   `results` are the episodes' `EpisodeResult`s; `in_store` / `retrieved` the per-question
@@ -79,7 +88,10 @@ def summarize(contexts: Sequence[LongContext], results, in_store: Sequence[float
   answer steps read (None when the loop did not trace). Both are upper bounds (a memory
   about something else that names the answer also counts): EM far below them means the
   policy did not give an answer it could have read; EM near them means what it failed at
-  was storing or finding it. The operation fields are `agent.stats.summarize`'s, per episode.
+  was storing or finding it. exact_match_updated: EM over the questions whose answer was
+  updated in the context (`updated`, from `updated_exact_match`; None when there are none),
+  updated_questions their number. The operation fields are `agent.stats.summarize`'s, per
+  episode.
   """
   exact_match = [em for r in results for em in r.exact_match]
   return {
@@ -92,6 +104,8 @@ def summarize(contexts: Sequence[LongContext], results, in_store: Sequence[float
       "reward": float(np.mean([r.reward for r in results])),
       "answer_in_store": float(np.mean(in_store)),
       "answer_retrieved": float(np.mean(retrieved)) if retrieved else None,
+      "exact_match_updated": float(np.mean(updated)) if len(updated) else None,
+      "updated_questions": len(updated),
       **stats_lib.summarize([r.stats for r in results]),
       "seconds": seconds,
   }
@@ -108,7 +122,7 @@ def evaluate(loop: episode_lib.EpisodeLoop, params, contexts: Sequence[LongConte
   if params is not None:
     dtype = loop.model_config.jnp_param_dtype
     params = jax.tree.map(lambda x: x.astype(dtype), params)
-  episodes, results, in_store, retrieved, seconds = [], [], [], [], 0.0
+  episodes, results, in_store, retrieved, updated, seconds = [], [], [], [], [], 0.0
   starts = range(0, len(contexts), loop.batch_size)
   for start in tqdm.tqdm(starts, desc=progress, unit="batch", file=sys.stderr,
                          disable=progress is None or len(starts) < 2
@@ -118,9 +132,12 @@ def evaluate(loop: episode_lib.EpisodeLoop, params, contexts: Sequence[LongConte
     local = [(batch[e.episode], e) for e in rollout.episodes]
     episodes += local
     results += [outcome.result for outcome in distributed.gather_outcomes(rollout.episodes)]
-    for part in distributed.allgather_objects([answer_recall(c, e) for c, e in local]):
-      for store_flags, retrieved_flags in part:
+    for part in distributed.allgather_objects([(*answer_recall(c, e), updated_exact_match(c, e))
+                                               for c, e in local]):
+      for store_flags, retrieved_flags, updated_em in part:
         in_store += store_flags
         retrieved += retrieved_flags
+        updated += updated_em
     seconds += rollout.seconds
-  return Evaluation(summarize(contexts, results, in_store, retrieved, seconds), episodes)
+  return Evaluation(summarize(contexts, results, in_store, retrieved, seconds, updated),
+                    episodes)

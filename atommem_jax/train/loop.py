@@ -69,14 +69,23 @@ def _forget_evaluations(workdir: str, evaluations: dict, names: tuple[str, ...])
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
   """A plain-text table of evaluation summaries (one row per policy)."""
-  columns = ("exact_match", "answer_in_store", "f1", "creates", "reads", "updates", "deletes",
-             "final_store_size", "num_invalid")
+  columns = ("exact_match", "exact_match_updated", "answer_in_store", "f1", "creates", "reads",
+             "updates", "deletes", "final_store_size", "num_invalid")
   widths = [max(12, len(c) + 1) for c in columns]
   lines = [f"{'policy':<22}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
   for name, summary in rows:
-    lines.append(f"{name:<22}" + "".join(f"{summary.get(c, float('nan')):>{w}.3f}"
-                                         for c, w in zip(columns, widths)))
+    values = [summary.get(c) for c in columns]
+    lines.append(f"{name:<22}" + "".join(
+        f"{float('nan') if value is None else value:>{w}.3f}" for value, w in zip(values, widths)))
   return "\n".join(lines)
+
+
+def table_rows(config: ml_collections.ConfigDict, evaluations: dict[str, dict[str, Any]]
+               ) -> list[tuple[str, dict[str, Any]]]:
+  """(label, summary) of each evaluation done, in ROWS order; the policy before training is
+  "model.hf_dir" (its weights, e.g. the demo's pretrained base) when the run starts from one."""
+  labels = {**dict(ROWS), **({"init": "model.hf_dir"} if config.model.hf_dir else {})}
+  return [(labels[name], evaluations[name]) for name, _ in ROWS if name in evaluations]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
@@ -171,8 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   hf.save_hf(job.model_config, params, hf_dir, tokenizer_dir=job.tokenizer_dir)
   job.writer.close()
   seconds = time.perf_counter() - started
-  labels = {**dict(ROWS), **({"init": "model.hf_dir"} if hf_start else {})}
-  rows = [(labels[name], evaluations[name]) for name, _ in ROWS if name in evaluations]
+  rows = table_rows(config, evaluations)
   if rows:
     job.log("\n" + format_table(rows))
   job.log(f"exported the final policy to {hf_dir}; total {seconds:.0f}s")

@@ -1,7 +1,7 @@
 """A finished or running training run, found from a path a user typed.
 
 `python -m atommem_jax.export` and `python -m atommem_jax.evaluate --checkpoint` both take
-either a run's workdir or one of its orbax directories (workdir/checkpoints/{grpo,sft}), and
+either a run's workdir or one of its orbax directories (workdir/checkpoints/{grpo,sft,pretrain}), and
 both need the model the run really trained: `train.setup.prepare` writes its Qwen3Config
 (preset + model.overrides, vocab grown to the tokenizer) to model_config.json and its
 tokenizer directory to run.json. A config file alone cannot rebuild those. The workdir may
@@ -19,14 +19,16 @@ from atommem_jax.train import checkpoint as checkpoint_lib
 
 MODEL_CONFIG_FILE = "model_config.json"
 RUN_FILE = "run.json"
-STAGES = ("grpo", "sft")  # newest first: a run's final policy is its GRPO checkpoint
+# Newest first: a run's final policy is its GRPO checkpoint, then SFT's, then its pretrained
+# base (a pretraining-only run, configs/pretrain_tiny.py).
+STAGES = ("grpo", "sft", "pretrain")
 
 
 def find_checkpoints(path: str) -> tuple[str, str | None]:
   """(orbax directory, the run's workdir or None) for a workdir or checkpoint directory.
 
-  A workdir gives its GRPO checkpoints if any step is complete, else its SFT ones; a
-  directory holding grpo/ and sft/ likewise; any other directory is taken as the orbax
+  A workdir gives its GRPO checkpoints if any step is complete, else its SFT ones, else its
+  pretraining ones; a directory holding grpo/, sft/ or pretrain/ likewise; any other directory is taken as the orbax
   directory itself, inside workdir/checkpoints/.
   """
   path = fileio.abspath(path).rstrip("/")

@@ -79,9 +79,14 @@ def log(message: str) -> None:
 
 
 def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]:
-  """(tokenizer, its directory) for config.tokenizer (`tokenizer_lib.resolve_tokenizer_dir`);
-  "synthetic" is trained into workdir/tokenizer once, then reused."""
+  """(tokenizer, its directory) for config.tokenizer (`tokenizer_lib.resolve_tokenizer_dir`):
+  model.hf_dir's own tokenizer files when it has them (the model was trained with them: a
+  Hugging Face checkpoint's, a shipped base's synthetic BPE); else "synthetic" is trained into
+  workdir/tokenizer once, then reused."""
   name = config.tokenizer
+  hf_dir = config.model.hf_dir
+  if hf_dir and fileio.isfile(fileio.join(hf_dir, "tokenizer_config.json")):
+    return tokenizer_lib.load_tokenizer(hf_dir), hf_dir
   trained_dir = None
   if name == tokenizer_lib.SYNTHETIC:
     trained_dir = fileio.join(workdir, "tokenizer")
