@@ -225,7 +225,7 @@ def test_pretraining_resumes_to_the_same_weights_and_exports_a_loadable_base(tmp
             os.path.join(REPO, "configs", "pretrain_tiny.py"), "--workdir", workdir,
             "--config.model.preset=micro", f"--config.tokenizer={tokenizer_dir}",
             "--config.mesh.cpu_devices=0", "--config.data.synthetic.train_contexts=8",
-            "--config.checkpoint.every_steps=2", "--config.pretrain.steps=4",
+            "--config.pretrain.checkpoint_every_steps=2", "--config.pretrain.steps=4",
             "--config.pretrain.warmup_steps=1", "--config.pretrain.batch_size=4",
             "--config.pretrain.max_len=64", "--config.pretrain.recall_facts=4",
             "--config.pretrain.recall_facts_start=2", "--config.pretrain.recall_queries=2",
