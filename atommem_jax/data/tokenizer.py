@@ -53,6 +53,11 @@ QWEN3 = "qwen3"  # config field tokenizer: the Qwen3 tokenizer shipped in qwen-t
 SYNTHETIC = "synthetic"  # config field tokenizer: the BPE a training run trains for its model
 
 
+def has_tokenizer(directory: str | None) -> bool:
+  """Whether `directory` (a model or tokenizer directory, or None) holds tokenizer files."""
+  return bool(directory) and fileio.isfile(fileio.join(directory, "tokenizer_config.json"))
+
+
 def resolve_tokenizer_dir(name: str, model_dir: str | None = None) -> str:
   """The tokenizer directory of config field tokenizer=`name` for the model in `model_dir`.
 
@@ -62,7 +67,7 @@ def resolve_tokenizer_dir(name: str, model_dir: str | None = None) -> str:
   so without a `model_dir` holding it there is none. The one rule of every CLI (train,
   evaluate, export, collect); a ValueError names the field and what to pass.
   """
-  if model_dir and fileio.isfile(fileio.join(model_dir, "tokenizer_config.json")):
+  if has_tokenizer(model_dir):
     return model_dir
   if name == QWEN3:
     return qwen3_tokenizer_dir()

@@ -84,21 +84,18 @@ def _tokenizer(config, workdir: str, env_config, embedder) -> tuple[object, str]
   Hugging Face checkpoint's, a shipped base's synthetic BPE); else "synthetic" is trained into
   workdir/tokenizer once, then reused."""
   name = config.tokenizer
-  hf_dir = config.model.hf_dir
-  if hf_dir and fileio.isfile(fileio.join(hf_dir, "tokenizer_config.json")):
-    return tokenizer_lib.load_tokenizer(hf_dir), hf_dir
-  trained_dir = None
-  if name == tokenizer_lib.SYNTHETIC:
-    trained_dir = fileio.join(workdir, "tokenizer")
-    if not fileio.isfile(fileio.join(trained_dir, "tokenizer_config.json")):
+  model_dir = config.model.hf_dir or None
+  if name == tokenizer_lib.SYNTHETIC and not tokenizer_lib.has_tokenizer(model_dir):
+    model_dir = fileio.join(workdir, "tokenizer")
+    if not tokenizer_lib.has_tokenizer(model_dir):
       contexts = contexts_lib.synthetic_contexts(config, "train")
       vocab_size = config_lib.model_config(config).vocab_size
-      with fileio.local_dir_to_write(trained_dir) as local:
+      with fileio.local_dir_to_write(model_dir) as local:
         tokenizer_training.train_synthetic_tokenizer(
             contexts, vocab_size, env_config, embedder, local,
             oracle_options=config_lib.oracle_options(config))
   try:
-    directory = tokenizer_lib.resolve_tokenizer_dir(name, trained_dir)
+    directory = tokenizer_lib.resolve_tokenizer_dir(name, model_dir)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
   return tokenizer_lib.load_tokenizer(directory), directory

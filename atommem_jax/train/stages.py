@@ -15,6 +15,7 @@ episodes (`distributed.gather_outcomes`), so they equal a one-process run's.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any, Callable
@@ -181,6 +182,36 @@ def _maybe_evaluate(job: Job, evaluate: Evaluator, params: Params, stage: str, s
     evaluate(params, f"{stage}_step{step}", offset + step)
 
 
+def _supervised_stage(job: Job, stage: str, train_step, optimizer, init: Params | jax.Array,
+                      batch_at: Callable[[int], batch_lib.TrainBatch], offset: int,
+                      evaluate: Evaluator | None,
+                      step_metrics: Callable[[Any, dict, int], dict[str, Any]] | None = None
+                      ) -> Params:
+  """The step loop of a stage trained on host batches (SFT, pretraining): resume from the
+  stage's checkpoint, `train_step` on `batch_at(step)` for {stage}.steps steps, metrics
+  (plus `step_metrics(state, metrics, steps_done)`) written under "{stage}/" at offset + steps done,
+  the non-finite stop, checkpoints and periodic evaluations; returns the final params."""
+  total = job.config[stage].steps
+  timer = metrics_lib.StepTimer()
+  with checkpointer(job, stage) as manager:
+    state, start = _start_state(job, stage, optimizer, init, manager)
+    for step in _progress(stage, start, total):
+      batch = batch_at(step)
+      timer.start()
+      state, metrics = train_step(state, batch)
+      timing = timer.stop(float(np.sum(batch.segment_ids > 0)), metrics)
+      done = step + 1
+      if step_metrics is not None:
+        metrics = {**metrics, **step_metrics(state, metrics, done)}
+      job.writer.write(offset + done, {**metrics, **timing}, prefix=f"{stage}/")
+      _stop_if_skipped(job, manager, metrics, stage, done)
+      if done % setup.every_steps(job.config, stage, "checkpoint") == 0 or done == total:
+        _save(job, manager, state, stage, done, force=done == total)
+      if evaluate is not None:
+        _maybe_evaluate(job, evaluate, state.params, stage, done, total, offset)
+  return state.params
+
+
 def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
             evaluate: Evaluator) -> Params:
   """SFT on `examples` for sft.steps steps; returns the final params."""
@@ -190,20 +221,8 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
                                      grad_accum_steps=c.grad_accum,
                                      prompt_loss_weight=c.prompt_loss_weight,
                                      loss_chunk=c.loss_chunk)
-  timer = metrics_lib.StepTimer()
-  with checkpointer(job, SFT) as manager:
-    state, start = _start_state(job, SFT, optimizer, init, manager)
-    for step in _progress(SFT, start, c.steps):
-      batch = _sft_batch(job, examples, step)
-      timer.start()
-      state, metrics = sft_step(state, batch)
-      timing = timer.stop(float(np.sum(batch.segment_ids > 0)), metrics)
-      job.writer.write(offset + step + 1, {**metrics, **timing}, prefix="sft/")
-      _stop_if_skipped(job, manager, metrics, SFT, step + 1)
-      if (step + 1) % setup.every_steps(job.config, SFT, "checkpoint") == 0 or step + 1 == c.steps:
-        _save(job, manager, state, SFT, step + 1, force=step + 1 == c.steps)
-      _maybe_evaluate(job, evaluate, state.params, SFT, step + 1, c.steps, offset)
-  return state.params
+  return _supervised_stage(job, SFT, sft_step, optimizer, init,
+                           lambda step: _sft_batch(job, examples, step), offset, evaluate)
 
 
 def _pretrain_corpus(job: Job, contexts) -> tuple[pretrain_data.Corpus,
@@ -229,35 +248,31 @@ def run_pretrain(job: Job, init: Params | jax.Array, contexts, offset: int,
                  evaluate: Evaluator | None = None) -> Params:
   """Pretraining on generated rows (`pretrain_data`) for pretrain.steps steps from `init`
   (params or a key); returns the final params. Every pretrain.probe_every_steps (and at the
-  last step) the lookup probe's accuracy is logged and written as pretrain/probe_accuracy."""
+  last step) the lookup probe's accuracy is logged and written as pretrain/probe_accuracy.
+  The corpus is tokenized only when a step is left to run."""
   c = job.config.pretrain
   optimizer = state_lib.make_optimizer(config_lib.optimizer_config(job.config, PRETRAIN))
   pretrain_step = steps_lib.make_sft_step(job.model_config, optimizer, job.mesh,
                                           prompt_loss_weight=0.0, loss_chunk=c.loss_chunk)
-  timer = metrics_lib.StepTimer()
+  corpus_and_probe = functools.cache(lambda: _pretrain_corpus(job, contexts))
   started = time.perf_counter()
-  with checkpointer(job, PRETRAIN) as manager:
-    state, start = _start_state(job, PRETRAIN, optimizer, init, manager)
-    corpus, probe = _pretrain_corpus(job, contexts) if start < c.steps else (None, None)
-    for step in _progress(PRETRAIN, start, c.steps):
-      batch = pretrain_data.pretrain_batch(c, corpus, job.config.seed, step, pad_id=job.pad_id,
-                                           row_multiple=steps_lib.batch_shards(job.mesh))
-      timer.start()
-      state, metrics = pretrain_step(state, batch)
-      timing = timer.stop(float(np.sum(batch.segment_ids > 0)), metrics)
-      done = step + 1
-      if probe is not None and (done % c.probe_every_steps == 0 or done == c.steps):
-        accuracy = pretrain_data.probe_accuracy(job.model_config, state.params, probe)
-        metrics = {**metrics, "probe_accuracy": accuracy}
-        job.log(f"pretrain step {done}: loss {float(metrics['loss']):.3f}, probe accuracy "
-                f"{accuracy:.3f} ({time.perf_counter() - started:.0f}s)")
-      job.writer.write(offset + done, {**metrics, **timing}, prefix="pretrain/")
-      _stop_if_skipped(job, manager, metrics, PRETRAIN, done)
-      if done % setup.every_steps(job.config, PRETRAIN, "checkpoint") == 0 or done == c.steps:
-        _save(job, manager, state, PRETRAIN, done, force=done == c.steps)
-      if evaluate is not None:
-        _maybe_evaluate(job, evaluate, state.params, PRETRAIN, done, c.steps, offset)
-  return state.params
+
+  def batch_at(step: int) -> batch_lib.TrainBatch:
+    return pretrain_data.pretrain_batch(c, corpus_and_probe()[0], job.config.seed, step,
+                                        pad_id=job.pad_id,
+                                        row_multiple=steps_lib.batch_shards(job.mesh))
+
+  def probe_metrics(state, metrics, done: int) -> dict[str, float]:
+    probe = corpus_and_probe()[1]
+    if probe is None or (done % c.probe_every_steps and done != c.steps):
+      return {}
+    accuracy = pretrain_data.probe_accuracy(job.model_config, state.params, probe)
+    job.log(f"pretrain step {done}: loss {float(metrics['loss']):.3f}, probe accuracy "
+            f"{accuracy:.3f} ({time.perf_counter() - started:.0f}s)")
+    return {"probe_accuracy": accuracy}
+
+  return _supervised_stage(job, PRETRAIN, pretrain_step, optimizer, init, batch_at, offset,
+                           evaluate, probe_metrics)
 
 
 def _rollout_metrics(rollout: episode_lib.Rollout) -> dict[str, float]:
