@@ -458,16 +458,27 @@ def test_env_fuzz_keeps_the_store_valid_and_steps_in_linear_time():
     if not observations:
       observations = env.reset(contexts)
   kept = single.config.max_response_chars
+
+  def timed_step(response: str, phase: str) -> float:
+    [observation] = single.reset(contexts[:1])
+    while observation.phase != phase:
+      [observation] = single.step([""])
+    start = time.perf_counter()
+    single.step([response])
+    seconds = time.perf_counter() - start
+    _check_env_invariants(single)
+    return seconds
+
   for response in adversarial:
     for phase in ("read", "answer"):
-      [observation] = single.reset(contexts[:1])
-      while observation.phase != phase:
-        [observation] = single.step([""])
-      start = time.perf_counter()
-      single.step([response])
-      if _over_budget(time.perf_counter() - start, min(len(response), kept), base=0.5):
-        slow.append((response[:40], len(response), phase))
-      _check_env_invariants(single)
+      budget = dict(characters=min(len(response), kept), base=0.5)
+      seconds = timed_step(response, phase)
+      if _over_budget(seconds, **budget):
+        # Timed again twice, the fastest counts: a step over budget every time is slow, not
+        # a stall of the host (a loaded CI run once caught one 200 KB read step over 0.66 s).
+        seconds = min([seconds] + [timed_step(response, phase) for _ in range(2)])
+      if _over_budget(seconds, **budget):
+        slow.append((response[:40], len(response), phase, round(seconds, 2)))
   assert slow == []
 
 
