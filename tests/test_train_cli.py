@@ -69,6 +69,8 @@ def _losses(workdir: str, prefix: str) -> dict[int, float]:
 
 
 def test_train_end_to_end_and_export(tmp_path):
+  """One micro run: its checkpoints, metrics and HF export; `export` and `evaluate` on it; then
+  reruns in the same workdir, which keep the cached evaluations of the stages they keep."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
@@ -117,35 +119,27 @@ def test_train_end_to_end_and_export(tmp_path):
                          if k not in ("seconds", "answer_retrieved", "step")}
   assert untimed(replay) == untimed(final)
 
-
-def test_a_rerun_keeps_the_cached_evaluations_of_kept_stages_only(tmp_path):
-  """evaluations.json caches each stage's evaluation; a stage that trains again (its
-  checkpoints deleted) is evaluated again instead of showing the old policy's row."""
-  workdir = str(tmp_path / "run")
-  command = _train_command(workdir, "--config.data.synthetic.eval_contexts=2")
-  assert _run(command).returncode == 0
+  # evaluations.json caches each stage's evaluation; a stage that trains again (its
+  # checkpoints deleted) is evaluated again instead of showing the old policy's row.
   path = os.path.join(workdir, "evaluations.json")
   with open(path) as f:
     first = json.load(f)
   marked = {name: {**summary, "exact_match": 7.0} for name, summary in first.items()}
   with open(path, "w") as f:
     json.dump(marked, f)
-
-  result = _run(command)  # every stage complete: nothing trains, every row is the cache's
+  result = _run(_train_command(workdir))  # every stage complete: every row is the cache's
   assert result.returncode == 0, result.stderr[-3000:]
   with open(path) as f:
     assert {name: s["exact_match"] for name, s in json.load(f).items()} == {
         "init": 7.0, "sft": 7.0, "grpo": 7.0}
-
   shutil.rmtree(os.path.join(workdir, "checkpoints", "grpo"))
-  result = _run(command)  # GRPO trains again from the SFT checkpoint: its row is recomputed
+  result = _run(_train_command(workdir))  # GRPO trains again from the SFT checkpoint
   assert result.returncode == 0, result.stderr[-3000:]
   with open(path) as f:
     again = json.load(f)
   assert again["init"]["exact_match"] == again["sft"]["exact_match"] == 7.0
-  def untimed(summary: dict) -> dict:
-    return {field: value for field, value in summary.items() if field != "seconds"}
-  assert untimed(again["grpo"]) == untimed(first["grpo"])  # the same seed, the same policy
+  untimed_row = lambda row: {k: v for k, v in row.items() if k != "seconds"}
+  assert untimed_row(again["grpo"]) == untimed_row(first["grpo"])  # same seed, same policy
 
 
 def test_invalid_config_names_the_field(tmp_path):
