@@ -29,7 +29,7 @@ values in context.
 `--hf_dir DIR` trains nothing: it scores a Hugging Face base (models/tiny_base, a
 pretraining run's export) on the probe in its own tokenizer's words (`train.pretrain_data`:
 " Zale is Beri . ... ? Zale is Beri .", 16 facts and 16 questions, 256 fixed rows), the
-accuracy its model card states.
+accuracy its model card states; with `--facts N`, on N facts each asked once instead.
 
 `--backend torch` trains transformers' Qwen3ForCausalLM of the same shape instead, with
 torch's AdamW on the same schedule (same data, same loss): an independent reference for
@@ -128,7 +128,8 @@ def main() -> None:
                       help="score this Hugging Face base on the text probe instead of training")
   args = parser.parse_args()
   if args.hf_dir:
-    print(f"{args.hf_dir}: 16-fact lookup probe accuracy {score_hf_dir(args.hf_dir):.3f}")
+    print(f"{args.hf_dir}: {args.facts}-fact lookup probe accuracy "
+          f"{score_hf_dir(args.hf_dir, args.facts):.3f}")
     return
   for facts in (args.facts, args.warm_facts):
     if not 1 <= min(args.queries, facts) or (args.key in ("k2", "k3") and facts > 20):
@@ -175,15 +176,16 @@ def main() -> None:
             f"{time.perf_counter() - started:.0f} |", flush=True)
 
 
-def score_hf_dir(hf_dir: str) -> float:
-  """The text probe's accuracy (`pretrain_data.probe_batch`, 16 facts, 16 questions) of the
-  Hugging Face base in `hf_dir`, read with its own tokenizer."""
+def score_hf_dir(hf_dir: str, facts: int = 16) -> float:
+  """The text probe's accuracy (`pretrain_data.probe_batch`, `facts` facts each asked once) of
+  the Hugging Face base in `hf_dir`, read with its own tokenizer."""
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import pretrain_data  # pylint: disable=g-import-not-at-top
   config, params = hf.load_hf(hf_dir, jnp.float32)
   tokenizer = tokenizer_lib.load_tokenizer(hf_dir)
-  return pretrain_data.probe_accuracy(config, params, pretrain_data.probe_batch(tokenizer))
+  batch = pretrain_data.probe_batch(tokenizer, facts=facts, queries=facts)
+  return pretrain_data.probe_accuracy(config, params, batch)
 
 
 def _jax_trainer(config, args, held_out: TrainBatch):
