@@ -399,6 +399,15 @@ def _over_budget(seconds: float, characters: int, base: float = 0.1) -> bool:
   return seconds > base + 5e-6 * characters
 
 
+def _fastest_time(seconds: float, retime, characters: int, base: float = 0.1) -> float:
+  """`seconds`, or, when that is over budget, the fastest of it and two more `retime()`s: a case
+  over budget every time is slow, not a stall of the host (loaded CI runs caught one 32 KB
+  parse at 0.79 s that takes 7 ms, and one 200 KB env step over 0.66 s)."""
+  if _over_budget(seconds, characters, base):
+    seconds = min([seconds] + [retime() for _ in range(2)])
+  return seconds
+
+
 def test_parser_fuzz_is_total_valid_and_linear():
   """10^4 responses (random fragment soups and adversarial inputs up to 1 MB) through
   parse_response: none raises, every kept action is valid, none is over its time budget."""
@@ -411,13 +420,13 @@ def test_parser_fuzz_is_total_valid_and_linear():
     start = time.perf_counter()
     parsed = parse_response(response, num_retrieved=num_retrieved)
     seconds = time.perf_counter() - start
-    if _over_budget(seconds, len(response)):
-      # Timed again twice: a parse over budget every time is slow, not a stall of the host
-      # (a CI run once caught one 32 KB parse at 0.79 s that takes 7 ms).
-      for _ in range(2):
-        start = time.perf_counter()
-        parse_response(response, num_retrieved=num_retrieved)
-        seconds = min(seconds, time.perf_counter() - start)
+
+    def retime() -> float:
+      start = time.perf_counter()
+      parse_response(response, num_retrieved=num_retrieved)  # pylint: disable=cell-var-from-loop
+      return time.perf_counter() - start
+
+    seconds = _fastest_time(seconds, retime, len(response))
     if _over_budget(seconds, len(response)):
       slow.append((response[:40], len(response), round(seconds, 2)))
     for action in parsed.actions:
@@ -471,13 +480,11 @@ def test_env_fuzz_keeps_the_store_valid_and_steps_in_linear_time():
 
   for response in adversarial:
     for phase in ("read", "answer"):
-      budget = dict(characters=min(len(response), kept), base=0.5)
-      seconds = timed_step(response, phase)
-      if _over_budget(seconds, **budget):
-        # Timed again twice, the fastest counts: a step over budget every time is slow, not
-        # a stall of the host (a loaded CI run once caught one 200 KB read step over 0.66 s).
-        seconds = min([seconds] + [timed_step(response, phase) for _ in range(2)])
-      if _over_budget(seconds, **budget):
+      characters = min(len(response), kept)
+      seconds = _fastest_time(timed_step(response, phase),
+                              lambda: timed_step(response, phase),  # pylint: disable=cell-var-from-loop
+                              characters, base=0.5)
+      if _over_budget(seconds, characters, base=0.5):
         slow.append((response[:40], len(response), phase, round(seconds, 2)))
   assert slow == []
 
