@@ -38,9 +38,9 @@ demo: $(STAMP)
 
 # Regenerates the pretrained base that make demo starts from (models/tiny_base; its README.md
 # is the model card): configs/pretrain_tiny.py for BASE_STEPS steps, resumable (rerun the same
-# command), exported over models/tiny_base. The default, 700, is the shipped base; BASE_STEPS=3000
+# command), exported over models/tiny_base. The default, 600, is the shipped base; BASE_STEPS=3000
 # continues the same run further.
-BASE_STEPS ?= 700
+BASE_STEPS ?= 600
 base: $(STAMP)
 	$(PY) -m atommem_jax.train --config configs/pretrain_tiny.py --workdir workdir/pretrain_tiny \
 	  --config.pretrain.steps=$(BASE_STEPS) --config.export.hf_dir=models/tiny_base

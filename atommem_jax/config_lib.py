@@ -243,14 +243,16 @@ def base_config() -> ml_collections.ConfigDict:
   # (a span of a training context twice), documents (language modelling on a span), qa
   # (documents then their questions and answers); rows of about max_len tokens. Recall's
   # curriculum: recall_facts_start facts at step 0, growing linearly to recall_facts over
-  # recall_curriculum_steps (0: always recall_facts), recall_queries of them asked. Every
+  # recall_curriculum_steps (0: always recall_facts), recall_queries of them asked; a
+  # recall_plain_share of the recall rows without the " is" between key and value. Every
   # probe_every_steps (0: never) the 16-fact lookup probe's accuracy is logged. steps=0 (the
   # default) skips the stage; it cannot be derived from epochs (no -1).
   c.pretrain = ml_collections.ConfigDict(dict(
       **_section_fields(OptimizerConfig, lr=1e-3, warmup_steps=20, weight_decay=0.0),
       steps=0, batch_size=128, max_len=256, tasks="recall:1", recall_facts=16,
       recall_facts_start=3, recall_curriculum_steps=0, recall_queries=16,
-      probe_every_steps=100, loss_chunk=1024, checkpoint_every_steps=_interval(500),
+      recall_plain_share=0.5, probe_every_steps=100, loss_chunk=1024,
+      checkpoint_every_steps=_interval(500),
       eval_every_steps=_interval(0)))
 
   # A stage's `steps`: -1 derives them from its epochs over its data (setup.stage_steps), 0
@@ -424,6 +426,10 @@ def _validate_pretrain(c: ml_collections.ConfigDict) -> None:
   if not isinstance(p.recall_facts_start, int) or not 1 <= p.recall_facts_start <= p.recall_facts:
     _fail("pretrain.recall_facts_start", p.recall_facts_start,
           f"a whole number of facts in [1, recall_facts={p.recall_facts}]")
+  share = p.recall_plain_share
+  if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+    _fail("pretrain.recall_plain_share", share,
+          "a share of the recall rows in [0, 1] (0: every row has the \" is\")")
   for kind, bound in (("checkpoint", 1), ("eval", 0)):
     every = p.get(f"{kind}_every_steps")
     if every is not None and every < bound:

@@ -1,6 +1,6 @@
 """How fast does a tiny Qwen3 learn in-context associative recall? A diagnostic for issue 5.
 
-  python bench/probe_recall.py [--key k1|k2|k3|anchor] [--facts 16] [--queries 4] [--batch 16]
+  python bench/probe_recall.py [--key k0|k1|k2|k3|anchor] [--mix_k0 0.5] [--facts 16] [--queries 4] [--batch 16]
                                [--steps 1000] [--lr 5e-3] [--b2 0.999] [--heads 4]
                                [--width 128] [--layers 2] [--qk_norm_init 1.0] [--pool 377]
                                [--warm_facts 3 --warm_steps 600 [--ramp]] [--backend jax|torch]
@@ -11,13 +11,17 @@ Bilu is Mina" ... "Who is the friend of Bilu?"). This probe trains the tiny defa
 alone. Each sequence lists `facts` facts, then asks `queries` of them again; the loss is on
 the asked values only:
 
+  k0: fact "e v ."         question "? e v ."          one-token key, no filler word (the
+      plain induction step: copy the token that followed e)
   k1: fact "e is v ."      question "? e is v ."       one-token key (e unique per fact)
   k2: fact "e r v ."       question "? e r v ."        two-token key (4 relations x 5 entities)
   k3: fact "r e is v ."    question "? r e is v ."     two-token key and a shared "is"
   anchor: as k1, but one fact reads "e now v ." and the one question is "? now v .": the
       value follows a fixed marker word, a lookup that needs no in-context key match
 
-Keys and values are drawn from a pool of 377 tokens, as the synthetic task's names (`--pool`
+`--mix_k0 F` writes a share F of the training rows as k0 whatever --key is (the held-out rows
+stay --key's): k1 alone stalls near ln 4 with 4 facts, k1 mixed with k0 learns
+(BENCHMARKS.md). Keys and values are drawn from a pool of 377 tokens, as the synthetic task's names (`--pool`
 sets another size). Every
 `--every` steps it prints the training loss and the accuracy of the argmax on a fixed held-out
 batch of 256 sequences with `facts` facts. With `--warm_steps`, the first steps train on
@@ -60,7 +64,7 @@ _WARMUP_STEPS = 20
 
 def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int, pool: int):
   """Token ids and loss mask of one sequence (see the module docstring)."""
-  if key in ("k1", "anchor"):
+  if key in ("k0", "k1", "anchor"):
     keys = [(int(e),) for e in FIRST_NAME + rng.choice(pool, facts, replace=False)]
   else:
     entities = FIRST_NAME + rng.choice(pool, 5, replace=False)
@@ -70,6 +74,8 @@ def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int, pool
   marked = keys[int(rng.integers(len(keys)))] if key == "anchor" else None
 
   def prefix(k):
+    if key == "k0":
+      return [k[0]]
     if key in ("k1", "anchor"):
       return [k[0], NOW if k == marked else IS]
     return [k[1], k[0]] if key == "k2" else [k[0], k[1], IS]
@@ -101,7 +107,7 @@ def make_batch(rng: np.random.Generator, key: str, facts: int, queries: int,
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--key", choices=("k1", "k2", "k3", "anchor"), default="k1")
+  parser.add_argument("--key", choices=("k0", "k1", "k2", "k3", "anchor"), default="k1")
   parser.add_argument("--facts", type=int, default=16)
   parser.add_argument("--queries", type=int, default=4)
   parser.add_argument("--batch", type=int, default=16)
@@ -123,6 +129,9 @@ def main() -> None:
   parser.add_argument("--ramp", action="store_true",
                       help="grow the fact count linearly from --warm_facts to --facts over "
                            "the --warm_steps steps instead of switching at their end")
+  parser.add_argument("--mix_k0", type=float, default=0.0,
+                      help="share of the training rows written without the filler word (key "
+                           "k0) whatever --key is; the held-out rows stay --key's")
   parser.add_argument("--backend", choices=("jax", "torch"), default="jax")
   parser.add_argument("--hf_dir", default="",
                       help="score this Hugging Face base on the text probe instead of training")
@@ -169,11 +178,28 @@ def main() -> None:
     facts = args.warm_facts if number <= args.warm_steps else args.facts
     if args.ramp and number <= args.warm_steps:
       facts = args.warm_facts + (args.facts - args.warm_facts) * (number - 1) // args.warm_steps
-    loss = train_step(make_batch(rng, args.key, facts, min(args.queries, facts), args.batch,
-                                 args.pool))
+    plain = int(round(args.mix_k0 * args.batch))
+    batch = make_batch(rng, args.key, facts, min(args.queries, facts), args.batch - plain,
+                       args.pool)
+    if plain:
+      batch = _concatenate(batch, make_batch(rng, "k0", facts, min(args.queries, facts), plain,
+                                             args.pool))
+    loss = train_step(batch)
     if number % args.every == 0 or number == args.steps:
       print(f"| {number} | {loss:.3f} | {accuracy():.3f} | "
             f"{time.perf_counter() - started:.0f} |", flush=True)
+
+
+def _concatenate(first: TrainBatch, second: TrainBatch) -> TrainBatch:
+  """The rows of both, right-padded (token 0, mask 0) to the longer length."""
+  length = max(first.tokens.shape[1], second.tokens.shape[1])
+
+  def pad(x):
+    return np.pad(x, ((0, 0), (0, length - x.shape[1])))
+
+  return TrainBatch(**{field.name: np.concatenate([pad(getattr(first, field.name)),
+                                                   pad(getattr(second, field.name))])
+                       for field in dataclasses.fields(TrainBatch)})
 
 
 def score_hf_dir(hf_dir: str, facts: int = 16) -> float:

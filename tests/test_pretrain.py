@@ -28,7 +28,7 @@ from atommem_jax.train import pretrain_data
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = dict(tasks="recall:4,copy:1,documents:1,qa:1", batch_size=32, max_len=96,
                recall_facts=16, recall_facts_start=3, recall_curriculum_steps=1000,
-               recall_queries=16)
+               recall_queries=16, recall_plain_share=0.0)
 
 
 def _contexts(count: int = 8):
@@ -102,6 +102,29 @@ def test_recall_rows_ask_values_stated_earlier_in_the_row(tokenizer, corpus):
     assert _asked(tokenizer, ids, mask) == [f" {value}" for _, value in asked]
 
 
+def test_a_share_of_recall_rows_is_written_without_is(tokenizer, corpus):
+  section = dict(SECTION, tasks="recall", recall_curriculum_steps=0, recall_facts=6,
+                 recall_queries=3)
+  plain_rows = 0
+  for share, step in ((0.5, 0), (0.5, 1), (1.0, 0)):
+    batch = pretrain_data.pretrain_batch(dict(section, recall_plain_share=share), corpus, 5,
+                                         step, pad_id=tokenizer.pad_token_id)
+    for ids, mask in _rows(batch):
+      text = tokenizer.decode([int(i) for i in ids])
+      plain = " is " not in text
+      link = "" if plain else " is"
+      facts_text, *questions = text.split(" ?")
+      facts = re.findall(rf" ?(\w+){link} (\w+) \.", facts_text)
+      assert "".join(f" {k}{link} {v} ." for k, v in facts) == " " + facts_text.lstrip()
+      asked = [re.fullmatch(rf" (\w+){link} (\w+) \.", q).groups() for q in questions]
+      assert len(facts) == 6 and len(asked) == 3 and set(asked) <= set(facts)
+      assert _asked(tokenizer, ids, mask) == [f" {value}" for _, value in asked]
+      plain_rows += plain
+      assert plain or share < 1.0
+  # all 32 rows at share 1, about half of the 64 at share 0.5
+  assert 32 + 20 <= plain_rows <= 32 + 44
+
+
 def test_recall_facts_grow_linearly_over_the_curriculum(tokenizer, corpus):
   section = dict(SECTION, recall_facts=16, recall_facts_start=3, recall_curriculum_steps=1000)
   # 3 + 13 * step / 1000, rounded down; 16 from step 1000 on.
@@ -165,7 +188,9 @@ def test_a_bad_task_list_is_one_config_error_naming_the_field(tasks):
 
 @pytest.mark.parametrize("field,value", [("steps", -1), ("recall_facts_start", 17),
                                          ("recall_facts", 378), ("batch_size", 0),
-                                         ("probe_every_steps", -1)])
+                                         ("probe_every_steps", -1),
+                                         ("recall_plain_share", 1.5),
+                                         ("recall_plain_share", -0.1)])
 def test_bad_pretrain_fields_name_the_field(field, value):
   c = config_lib.base_config()
   c.pretrain[field] = value

@@ -4,7 +4,11 @@ A row is one sequence of one task (`config_lib.PRETRAIN_TASKS`), drawn by pretra
 weights; `loss_mask` marks the tokens trained:
   recall     "Zale is Beri . Kimo is Rupe . ... ? Kimo is Rupe . ? Zale is Beri ." -- facts
              with unique key names and random value names from `synthetic.NAMES`, then
-             questions about some of them; loss on each asked value (one token each).
+             questions about some of them; loss on each asked value (one token each). A
+             share of the rows (recall_plain_share) is written without " is" ("Zale Beri .
+             ... ? Zale Beri ."): there the lookup is the plain induction step (copy the token
+             that followed this one), which forms within a few hundred steps and then
+             carries over to the " is" rows, which alone stall (BENCHMARKS.md).
   copy       a span of a training context's rendered documents, then the same span again;
              loss on the repeat.
   documents  a span of a training context's rendered documents; loss on every token.
@@ -102,19 +106,20 @@ def recall_facts_at(section: Mapping, step: int) -> int:
   return start + (end - start) * step // steps
 
 
-def recall_row(rng: np.random.Generator, tokens: RecallTokens, facts: int, queries: int
-               ) -> tuple[list[int], list[float]]:
+def recall_row(rng: np.random.Generator, tokens: RecallTokens, facts: int, queries: int,
+               plain: bool = False) -> tuple[list[int], list[float]]:
   """(ids, loss mask) of one recall sequence: `facts` facts, then min(queries, facts) of
-  them asked in random order."""
+  them asked in random order; `plain`: without " is" ("Zale Beri . ? Zale Beri .")."""
   keys = rng.choice(len(tokens.names), facts, replace=False)
   values = rng.integers(len(tokens.names), size=facts)
+  link = [] if plain else list(tokens.is_ids)
   ids, mask = [], []
   for key, value in zip(keys, values):
-    fact = [int(tokens.names[key]), *tokens.is_ids, int(tokens.names[value]), *tokens.dot_ids]
+    fact = [int(tokens.names[key]), *link, int(tokens.names[value]), *tokens.dot_ids]
     ids += fact
     mask += [0.0] * len(fact)
   for asked in rng.choice(facts, min(queries, facts), replace=False):
-    prefix = [*tokens.ask_ids, int(tokens.names[keys[asked]]), *tokens.is_ids]
+    prefix = [*tokens.ask_ids, int(tokens.names[keys[asked]]), *link]
     ids += prefix + [int(tokens.names[values[asked]]), *tokens.dot_ids]
     mask += [0.0] * len(prefix) + [1.0] + [0.0] * len(tokens.dot_ids)
   return ids, mask
@@ -189,7 +194,8 @@ def pretrain_batch(section: Mapping, corpus: Corpus, seed: int, step: int, *, pa
   rows = []
   for task in tasks:
     if names[task] == "recall":
-      rows.append(recall_row(rng, corpus.recall, facts, section["recall_queries"]))
+      plain = bool(rng.random() < section["recall_plain_share"])
+      rows.append(recall_row(rng, corpus.recall, facts, section["recall_queries"], plain))
     else:
       rows.append(_ROWS[names[task]](rng, corpus, section["max_len"]))
   return rows_to_batch(rows, pad_id, row_multiple)
