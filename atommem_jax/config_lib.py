@@ -426,8 +426,8 @@ def _validate_pretrain(c: ml_collections.ConfigDict) -> None:
   if not isinstance(p.recall_facts_start, int) or not 1 <= p.recall_facts_start <= p.recall_facts:
     _fail("pretrain.recall_facts_start", p.recall_facts_start,
           f"a whole number of facts in [1, recall_facts={p.recall_facts}]")
-  share = p.recall_plain_share
-  if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+  share = p.recall_plain_share  # a float: the ConfigDict field casts or refuses other types
+  if not 0 <= share <= 1:
     _fail("pretrain.recall_plain_share", share,
           "a share of the recall rows in [0, 1] (0: every row has the \" is\")")
   for kind, bound in (("checkpoint", 1), ("eval", 0)):

@@ -1,8 +1,9 @@
 """How fast does a tiny Qwen3 learn in-context associative recall? A diagnostic for issue 5.
 
-  python bench/probe_recall.py [--key k0|k1|k2|k3|anchor] [--mix_k0 0.5] [--facts 16] [--queries 4] [--batch 16]
-                               [--steps 1000] [--lr 5e-3] [--b2 0.999] [--heads 4]
-                               [--width 128] [--layers 2] [--qk_norm_init 1.0] [--pool 377]
+  python bench/probe_recall.py [--key k0|k1|k2|k3|anchor] [--mix_k0 0.5] [--facts 16]
+                               [--queries 4] [--batch 16] [--steps 1000] [--lr 5e-3]
+                               [--b2 0.999] [--heads 4] [--width 128] [--layers 2]
+                               [--qk_norm_init 1.0] [--pool 377]
                                [--warm_facts 3 --warm_steps 600 [--ramp]] [--backend jax|torch]
 
 The synthetic task needs an in-context lookup at every Create, Update and answer ("The friend of
@@ -21,8 +22,8 @@ the asked values only:
 
 `--mix_k0 F` writes a share F of the training rows as k0 whatever --key is (the held-out rows
 stay --key's): k1 alone stalls near ln 4 with 4 facts, k1 mixed with k0 learns
-(BENCHMARKS.md). Keys and values are drawn from a pool of 377 tokens, as the synthetic task's names (`--pool`
-sets another size). Every
+(BENCHMARKS.md). Keys and values are drawn from a pool of 377 tokens, as the synthetic task's
+names (`--pool` sets another size). Every
 `--every` steps it prints the training loss and the accuracy of the argmax on a fixed held-out
 batch of 256 sequences with `facts` facts. With `--warm_steps`, the first steps train on
 sequences of `--warm_facts` facts (a short-context curriculum); with `--ramp` the count grows
@@ -53,6 +54,7 @@ import numpy as np
 
 from atommem_jax.model import config as model_config_lib
 from atommem_jax.model import qwen3
+from atommem_jax.train import pretrain_data
 from atommem_jax.train import state as state_lib
 from atommem_jax.train import steps as steps_lib
 from atommem_jax.train.batch import TrainBatch
@@ -95,14 +97,11 @@ def _sequence(rng: np.random.Generator, key: str, facts: int, queries: int, pool
 
 
 def make_batch(rng: np.random.Generator, key: str, facts: int, queries: int,
-               batch: int, pool: int = POOL) -> TrainBatch:
-  rows = [_sequence(rng, key, facts, queries, pool) for _ in range(batch)]
-  tokens = np.array([r[0] for r in rows], np.int32)
-  mask = np.array([r[1] for r in rows], np.float32)
-  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape).copy()
-  return TrainBatch(tokens=tokens, positions=positions, segment_ids=np.ones_like(tokens),
-                    loss_mask=mask, old_logprobs=np.zeros_like(mask),
-                    advantages=np.zeros_like(mask))
+               batch: int, pool: int = POOL, plain: int = 0) -> TrainBatch:
+  """`batch` sequences: `plain` of them in key k0, the others in `key`, right-padded."""
+  keys = [key] * (batch - plain) + ["k0"] * plain
+  return pretrain_data.rows_to_batch(
+      [_sequence(rng, row_key, facts, queries, pool) for row_key in keys], pad_id=0)
 
 
 def main() -> None:
@@ -178,28 +177,11 @@ def main() -> None:
     facts = args.warm_facts if number <= args.warm_steps else args.facts
     if args.ramp and number <= args.warm_steps:
       facts = args.warm_facts + (args.facts - args.warm_facts) * (number - 1) // args.warm_steps
-    plain = int(round(args.mix_k0 * args.batch))
-    batch = make_batch(rng, args.key, facts, min(args.queries, facts), args.batch - plain,
-                       args.pool)
-    if plain:
-      batch = _concatenate(batch, make_batch(rng, "k0", facts, min(args.queries, facts), plain,
-                                             args.pool))
-    loss = train_step(batch)
+    loss = train_step(make_batch(rng, args.key, facts, min(args.queries, facts), args.batch,
+                                 args.pool, plain=int(round(args.mix_k0 * args.batch))))
     if number % args.every == 0 or number == args.steps:
       print(f"| {number} | {loss:.3f} | {accuracy():.3f} | "
             f"{time.perf_counter() - started:.0f} |", flush=True)
-
-
-def _concatenate(first: TrainBatch, second: TrainBatch) -> TrainBatch:
-  """The rows of both, right-padded (token 0, mask 0) to the longer length."""
-  length = max(first.tokens.shape[1], second.tokens.shape[1])
-
-  def pad(x):
-    return np.pad(x, ((0, 0), (0, length - x.shape[1])))
-
-  return TrainBatch(**{field.name: np.concatenate([pad(getattr(first, field.name)),
-                                                   pad(getattr(second, field.name))])
-                       for field in dataclasses.fields(TrainBatch)})
 
 
 def score_hf_dir(hf_dir: str, facts: int = 16) -> float:
@@ -207,7 +189,6 @@ def score_hf_dir(hf_dir: str, facts: int = 16) -> float:
   the Hugging Face base in `hf_dir`, read with its own tokenizer."""
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
-  from atommem_jax.train import pretrain_data  # pylint: disable=g-import-not-at-top
   config, params = hf.load_hf(hf_dir, jnp.float32)
   tokenizer = tokenizer_lib.load_tokenizer(hf_dir)
   batch = pretrain_data.probe_batch(tokenizer, facts=facts, queries=facts)
