@@ -245,7 +245,8 @@ def base_config() -> ml_collections.ConfigDict:
   # curriculum: recall_facts_start facts at step 0, growing linearly to recall_facts over
   # recall_curriculum_steps (0: always recall_facts), recall_queries of them asked; a
   # recall_plain_share of the recall rows without the " is" between key and value. Every
-  # probe_every_steps (0: never) the 16-fact lookup probe's accuracy is logged. steps=0 (the
+  # probe_every_steps (0: never) the 16-fact lookup probe's accuracy is logged (with qa rows
+  # from synthetic contexts, the reading probe's too: train/pretrain_data.py). steps=0 (the
   # default) skips the stage; it cannot be derived from epochs (no -1).
   c.pretrain = ml_collections.ConfigDict(dict(
       **_section_fields(OptimizerConfig, lr=1e-3, warmup_steps=20, weight_decay=0.0),

@@ -43,7 +43,7 @@ def main(argv: Sequence[str]) -> None:
   config = cli.load_config(PROG)
   from atommem_jax.train import loop  # pylint: disable=g-import-not-at-top
   started = time.perf_counter()
-  # The starting policy is not evaluated (about 15 s of the demo's 11 minutes on 2 cores): the
+  # The starting policy is not evaluated (about 15 s of the demo's 12 minutes on 2 cores): the
   # earlier base scored EM 0.000 as an agent (BENCHMARKS.md); configs/tiny.py's random init,
   # 0.000.
   main_run = loop.run(config, _WORKDIR.value, evaluate_init=False)

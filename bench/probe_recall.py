@@ -34,7 +34,9 @@ values in context.
 `--hf_dir DIR` trains nothing: it scores a Hugging Face base (models/tiny_base, a
 pretraining run's export) on the probe in its own tokenizer's words (`train.pretrain_data`:
 " Zale is Beri . ... ? Zale is Beri .", 16 facts and 16 questions, 256 fixed rows), the
-accuracy its model card states; with `--facts N`, on N facts each asked once instead.
+accuracy its model card states; with `--facts N`, on N facts each asked once instead. It also
+prints the reading probe (`pretrain_data.qa_probe_batch`: 8 questions over the documents of
+each of 256 held-out contexts of configs/tiny.py's world, each answered right after them).
 
 `--backend torch` trains transformers' Qwen3ForCausalLM of the same shape instead, with
 torch's AdamW on the same schedule (same data, same loss): an independent reference for
@@ -137,7 +139,8 @@ def main() -> None:
   args = parser.parse_args()
   if args.hf_dir:
     print(f"{args.hf_dir}: {args.facts}-fact lookup probe accuracy "
-          f"{score_hf_dir(args.hf_dir, args.facts):.3f}")
+          f"{score_hf_dir(args.hf_dir, args.facts):.3f}, reading probe accuracy "
+          f"{score_hf_dir_reading(args.hf_dir):.3f}")
     return
   for facts in (args.facts, args.warm_facts):
     if not 1 <= min(args.queries, facts) or (args.key in ("k2", "k3") and facts > 20):
@@ -193,6 +196,20 @@ def score_hf_dir(hf_dir: str, facts: int = 16) -> float:
   tokenizer = tokenizer_lib.load_tokenizer(hf_dir)
   batch = pretrain_data.probe_batch(tokenizer, facts=facts, queries=facts)
   return pretrain_data.probe_accuracy(config, params, batch)
+
+
+def score_hf_dir_reading(hf_dir: str) -> float:
+  """The reading probe's accuracy (`pretrain_data.qa_probe_batch`: 8 questions over the
+  documents of each of 256 held-out contexts of configs/tiny.py's world) of the Hugging Face
+  base in `hf_dir`."""
+  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
+  config, params = hf.load_hf(hf_dir, jnp.float32)
+  tokenizer = tokenizer_lib.load_tokenizer(hf_dir)
+  world = dict(config_lib.load_config_file("tiny").data.synthetic, questions_per_context=8)
+  return pretrain_data.probe_accuracy(config, params,
+                                      pretrain_data.qa_probe_batch(tokenizer, world))
 
 
 def _jax_trainer(config, args, held_out: TrainBatch):

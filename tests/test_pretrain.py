@@ -167,6 +167,24 @@ def test_copy_documents_and_qa_rows_read_back_as_their_contexts(tokenizer, corpu
         assert answer == " " + matches[0][1].questions[0].answers[0]
 
 
+def test_the_reading_probe_asks_each_held_out_context_its_questions(tokenizer):
+  world = dict(num_entities=4, num_cities=3, num_docs=6, hops=1, num_updates=1, doc_length=4)
+  batch = pretrain_data.qa_probe_batch(tokenizer, dict(world, train_contexts=99,
+                                                       questions_per_context=3),
+                                       contexts=5, max_len=4096, seed=77)
+  contexts = synthetic.generate_synthetic(5, seed=77, questions_per_context=3, **world)
+  rows = _rows(batch)
+  assert len(rows) == 5
+  for (ids, mask), context in zip(rows, contexts):
+    asked = "".join(f"\n{q.question} {q.answers[0]}" for q in context.questions)
+    assert tokenizer.decode([int(i) for i in ids]) == (
+        multihop.render_context(context.documents) + asked)
+    assert _asked(tokenizer, ids, mask) == [" " + q.answers[0] for q in context.questions]
+  again = pretrain_data.qa_probe_batch(tokenizer, dict(world, questions_per_context=3),
+                                       contexts=5, max_len=4096, seed=77)
+  np.testing.assert_array_equal(again.tokens, batch.tokens)
+
+
 def test_a_name_split_into_several_tokens_is_refused_naming_the_names():
   tokenizer = tokenizer_lib.train_bpe_tokenizer(["a b c d e f g"] * 4, 300)
   with pytest.raises(ValueError, match="one token with a leading space.*Baba"):
@@ -254,7 +272,8 @@ def test_pretraining_resumes_to_the_same_weights_and_exports_a_loadable_base(tmp
             "--config.pretrain.warmup_steps=1", "--config.pretrain.batch_size=4",
             "--config.pretrain.max_len=64", "--config.pretrain.recall_facts=4",
             "--config.pretrain.recall_facts_start=2", "--config.pretrain.recall_queries=2",
-            "--config.pretrain.recall_curriculum_steps=2", "--config.pretrain.probe_every_steps=2"]
+            "--config.pretrain.recall_curriculum_steps=2", "--config.pretrain.probe_every_steps=2",
+            "--config.pretrain.tasks=recall:1,qa:1"]
 
   resumed, straight = str(tmp_path / "resumed"), str(tmp_path / "straight")
   test_train_cli._kill_after_checkpoint(command(resumed),
@@ -267,6 +286,7 @@ def test_pretraining_resumes_to_the_same_weights_and_exports_a_loadable_base(tmp
     outputs[workdir] = result.stdout
   assert "pretrain: resuming after step 2" in outputs[resumed]
   assert "pretrain step 4: loss" in outputs[straight] and "probe accuracy" in outputs[straight]
+  assert "reading accuracy" in outputs[straight]
 
   weights = [safetensors.numpy.load_file(os.path.join(workdir, "hf", "model.safetensors"))
              for workdir in (resumed, straight)]
@@ -276,8 +296,9 @@ def test_pretraining_resumes_to_the_same_weights_and_exports_a_loadable_base(tmp
                                err_msg=name)
   records = test_train_cli._metrics(straight)
   assert sorted(records) == [1, 2, 3, 4]
-  assert {step for step, r in records.items() if "pretrain/probe_accuracy" in r} == {2, 4}
-  assert all(0 <= records[s]["pretrain/probe_accuracy"] <= 1 for s in (2, 4))
+  for name in ("pretrain/probe_accuracy", "pretrain/reading_accuracy"):
+    assert {step for step, r in records.items() if name in r} == {2, 4}, name
+    assert all(0 <= records[s][name] <= 1 for s in (2, 4))
   losses = test_train_cli._losses(resumed, "pretrain")
   np.testing.assert_allclose([losses[s] for s in (3, 4)],
                              [test_train_cli._losses(straight, "pretrain")[s] for s in (3, 4)],

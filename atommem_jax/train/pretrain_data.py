@@ -16,9 +16,10 @@ weights; `loss_mask` marks the tokens trained:
              they do not fit max_len), then each question and its answer ("Question? Answer");
              loss on the answer tokens.
 Everything is tokenized once (`make_corpus`); `pretrain_batch` is a pure function of
-(seed, step), so a resumed run sees the same batches. The probe (`probe_batch`,
+(seed, step), so a resumed run sees the same batches. The lookup probe (`probe_batch`,
 `probe_accuracy`) is the recall task at 16 facts and 16 questions from a fixed generator,
-scored by the argmax at the asked values.
+scored by the argmax at the asked values; the reading probe (`qa_probe_batch`) is the qa task
+on held-out contexts drawn from their own seed, scored the same way.
 """
 
 from __future__ import annotations
@@ -142,7 +143,10 @@ def _documents_row(rng, corpus: Corpus, max_len: int) -> tuple[list[int], list[f
 
 
 def _qa_row(rng, corpus: Corpus, max_len: int) -> tuple[list[int], list[float]]:
-  index = int(rng.integers(len(corpus.documents)))
+  return _qa_of(corpus, int(rng.integers(len(corpus.documents))), max_len)
+
+
+def _qa_of(corpus: Corpus, index: int, max_len: int) -> tuple[list[int], list[float]]:
   asked, mask = [], []
   for question, answer in corpus.qa[index]:
     asked += question.tolist() + answer.tolist()
@@ -208,6 +212,20 @@ def probe_batch(tokenizer, facts: int = 16, queries: int = 16, rows: int = 256,
   tokens = recall_tokens(tokenizer, names)
   rng = np.random.default_rng(seed)
   return rows_to_batch([recall_row(rng, tokens, facts, queries) for _ in range(rows)],
+                       tokenizer.pad_token_id)
+
+
+def qa_probe_batch(tokenizer, synthetic_fields: Mapping, contexts: int = 256,
+                   max_len: int = 384, seed: int = PROBE_SEED) -> TrainBatch:
+  """The reading probe: one qa row (documents, then each question followed by its answer)
+  for each of `contexts` synthetic contexts of `synthetic_fields` (data.synthetic's fields;
+  its context counts are not used), drawn from `seed`, which no run trains or evaluates on
+  by default."""
+  fields = {k: v for k, v in dict(synthetic_fields).items()
+            if k not in ("train_contexts", "eval_contexts")}
+  drawn = synthetic.generate_synthetic(contexts, seed=seed, **fields)
+  corpus = make_corpus(tokenizer, drawn, recall=False)
+  return rows_to_batch([_qa_of(corpus, index, max_len) for index in range(contexts)],
                        tokenizer.pad_token_id)
 
 

@@ -226,8 +226,10 @@ def run_sft(job: Job, init: Params | jax.Array, examples, offset: int,
 
 
 def _pretrain_corpus(job: Job, contexts) -> tuple[pretrain_data.Corpus,
-                                                   batch_lib.TrainBatch | None]:
-  """The tokenized corpus of the pretraining rows, and the probe batch (None: no probe)."""
+                                                   dict[str, batch_lib.TrainBatch]]:
+  """The tokenized corpus of the pretraining rows, and the probe batches by metric name: the
+  lookup probe's when probe_every_steps, and the reading probe's too when qa rows are drawn
+  from synthetic contexts (held-out contexts of the same world)."""
   c = job.config.pretrain
   tasks = config_lib.pretrain_tasks(c.tasks)
   from_contexts = set(tasks) - {"recall"}
@@ -241,14 +243,22 @@ def _pretrain_corpus(job: Job, contexts) -> tuple[pretrain_data.Corpus,
                                        recall="recall" in tasks or c.probe_every_steps > 0)
   except ValueError as e:  # a name of the pool is not one token
     raise config_lib.ConfigError(f"config field tokenizer={job.config.tokenizer!r}: {e}") from e
-  return corpus, pretrain_data.probe_batch(job.tokenizer) if c.probe_every_steps else None
+  probes = {}
+  if c.probe_every_steps:
+    probes["probe_accuracy"] = pretrain_data.probe_batch(job.tokenizer)
+    if "qa" in tasks and job.config.data.kind == "synthetic":
+      probes["reading_accuracy"] = pretrain_data.qa_probe_batch(
+          job.tokenizer, job.config.data.synthetic, max_len=c.max_len)
+  return corpus, probes
 
 
 def run_pretrain(job: Job, init: Params | jax.Array, contexts, offset: int,
                  evaluate: Evaluator | None = None) -> Params:
   """Pretraining on generated rows (`pretrain_data`) for pretrain.steps steps from `init`
   (params or a key); returns the final params. Every pretrain.probe_every_steps (and at the
-  last step) the lookup probe's accuracy is logged and written as pretrain/probe_accuracy.
+  last step) the lookup probe's accuracy is logged and written as pretrain/probe_accuracy,
+  and, when qa rows are drawn from synthetic contexts, the reading probe's as
+  pretrain/reading_accuracy.
   The corpus is tokenized only when a step is left to run."""
   c = job.config.pretrain
   optimizer = state_lib.make_optimizer(config_lib.optimizer_config(job.config, PRETRAIN))
@@ -263,13 +273,16 @@ def run_pretrain(job: Job, init: Params | jax.Array, contexts, offset: int,
                                         row_multiple=steps_lib.batch_shards(job.mesh))
 
   def probe_metrics(state, metrics, done: int) -> dict[str, float]:
-    probe = corpus_and_probe()[1]
-    if probe is None or (done % c.probe_every_steps and done != c.steps):
+    probes = corpus_and_probe()[1]
+    if not probes or (done % c.probe_every_steps and done != c.steps):
       return {}
-    accuracy = pretrain_data.probe_accuracy(job.model_config, state.params, probe)
-    job.log(f"pretrain step {done}: loss {float(metrics['loss']):.3f}, probe accuracy "
-            f"{accuracy:.3f} ({time.perf_counter() - started:.0f}s)")
-    return {"probe_accuracy": accuracy}
+    accuracies = {name: pretrain_data.probe_accuracy(job.model_config, state.params, probe)
+                  for name, probe in probes.items()}
+    shown = ", ".join(f"{name.replace('_accuracy', '')} accuracy {value:.3f}"
+                      for name, value in accuracies.items())
+    job.log(f"pretrain step {done}: loss {float(metrics['loss']):.3f}, {shown} "
+            f"({time.perf_counter() - started:.0f}s)")
+    return accuracies
 
   return _supervised_stage(job, PRETRAIN, pretrain_step, optimizer, init, batch_at, offset,
                            evaluate, probe_metrics)
