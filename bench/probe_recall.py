@@ -138,9 +138,9 @@ def main() -> None:
                       help="score this Hugging Face base on the text probe instead of training")
   args = parser.parse_args()
   if args.hf_dir:
-    print(f"{args.hf_dir}: {args.facts}-fact lookup probe accuracy "
-          f"{score_hf_dir(args.hf_dir, args.facts):.3f}, reading probe accuracy "
-          f"{score_hf_dir_reading(args.hf_dir):.3f}")
+    lookup, reading = score_hf_dir(args.hf_dir, args.facts)
+    print(f"{args.hf_dir}: {args.facts}-fact lookup probe accuracy {lookup:.3f}, reading probe "
+          f"accuracy {reading:.3f}")
     return
   for facts in (args.facts, args.warm_facts):
     if not 1 <= min(args.queries, facts) or (args.key in ("k2", "k3") and facts > 20):
@@ -187,29 +187,20 @@ def main() -> None:
             f"{time.perf_counter() - started:.0f} |", flush=True)
 
 
-def score_hf_dir(hf_dir: str, facts: int = 16) -> float:
-  """The text probe's accuracy (`pretrain_data.probe_batch`, `facts` facts each asked once) of
-  the Hugging Face base in `hf_dir`, read with its own tokenizer."""
-  from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
-  config, params = hf.load_hf(hf_dir, jnp.float32)
-  tokenizer = tokenizer_lib.load_tokenizer(hf_dir)
-  batch = pretrain_data.probe_batch(tokenizer, facts=facts, queries=facts)
-  return pretrain_data.probe_accuracy(config, params, batch)
-
-
-def score_hf_dir_reading(hf_dir: str) -> float:
-  """The reading probe's accuracy (`pretrain_data.qa_probe_batch`: 8 questions over the
-  documents of each of 256 held-out contexts of configs/tiny.py's world) of the Hugging Face
-  base in `hf_dir`."""
+def score_hf_dir(hf_dir: str, facts: int = 16) -> tuple[float, float]:
+  """(lookup, reading) probe accuracies of the Hugging Face base in `hf_dir`, read once with
+  its own tokenizer: the text probe (`pretrain_data.probe_batch`, `facts` facts each asked
+  once) and the reading probe (`pretrain_data.qa_probe_batch`: 8 questions over the documents
+  of each of 256 held-out contexts of configs/tiny.py's world)."""
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
   config, params = hf.load_hf(hf_dir, jnp.float32)
   tokenizer = tokenizer_lib.load_tokenizer(hf_dir)
   world = dict(config_lib.load_config_file("tiny").data.synthetic, questions_per_context=8)
-  return pretrain_data.probe_accuracy(config, params,
-                                      pretrain_data.qa_probe_batch(tokenizer, world))
+  return tuple(pretrain_data.probe_accuracy(config, params, batch) for batch in (
+      pretrain_data.probe_batch(tokenizer, facts=facts, queries=facts),
+      pretrain_data.qa_probe_batch(tokenizer, world)))
 
 
 def _jax_trainer(config, args, held_out: TrainBatch):
