@@ -37,13 +37,18 @@ demo: $(STAMP)
 	$(PY) -m atommem_jax.demo
 
 # Regenerates the pretrained base that make demo starts from (models/tiny_base; its README.md
-# is the model card): configs/pretrain_tiny.py for BASE_STEPS steps, resumable (rerun the same
-# command), exported over models/tiny_base. The default, 600, is the shipped base; BASE_STEPS=3000
-# continues the same run further.
+# is the model card), in two resumable phases (rerun the same command): configs/pretrain_tiny.py
+# (key-value recall) for BASE_STEPS steps, then configs/pretrain_tiny_facts.py (recall and
+# restated facts) from its export for FACTS_STEPS steps, exported over models/tiny_base. The
+# defaults are the shipped base's; larger values continue the same runs further.
 BASE_STEPS ?= 600
+FACTS_STEPS ?= 800
 base: $(STAMP)
 	$(PY) -m atommem_jax.train --config configs/pretrain_tiny.py --workdir workdir/pretrain_tiny \
-	  --config.pretrain.steps=$(BASE_STEPS) --config.export.hf_dir=models/tiny_base
+	  --config.pretrain.steps=$(BASE_STEPS) --config.export.hf_dir=workdir/pretrain_tiny/hf
+	$(PY) -m atommem_jax.train --config configs/pretrain_tiny_facts.py \
+	  --workdir workdir/pretrain_tiny_facts --config.model.hf_dir=workdir/pretrain_tiny/hf \
+	  --config.pretrain.steps=$(FACTS_STEPS) --config.export.hf_dir=models/tiny_base
 
 # configs/qwen3_8b_a800.py end to end on this CPU (a 2-layer random Qwen3, the real tokenizer,
 # the shipped HotpotQA/MuSiQue slices): build, collect, SFT, GRPO, evaluate, export.

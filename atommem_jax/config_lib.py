@@ -50,7 +50,9 @@ SCHEDULES = ("constant", "cosine", "linear")
 KL_ESTIMATORS = ("k3", "k1", "none")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 # pretrain.tasks: the generated tasks a pretraining row is drawn from (train/pretrain_data.py).
-PRETRAIN_TASKS = ("recall", "copy", "documents", "qa")
+PRETRAIN_TASKS = ("recall", "copy", "documents", "qa", "facts")
+# What the oracle's memory entries start with (oracle.OraclePolicy's entry_label).
+ORACLE_ENTRY_LABELS = ("title", "question")
 # pretrain.recall_facts: at most one fact per name of the synthetic pool (data.synthetic.NAMES).
 _RECALL_NAMES = 377
 
@@ -277,7 +279,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Repeat-the-text examples mixed in, per training context (0: none), of copy_span_tokens.
       copy_examples_per_context=0, copy_span_tokens=96,
       # How the oracle writes its answers: "\\boxed{ text}" (see actions.render_actions).
-      oracle_boxed_space=False))
+      oracle_boxed_space=False,
+      # What the oracle's memory entries start with: "title" ("Title: sentence ...") or
+      # "question" (the question the sentences answer; see oracle.OraclePolicy).
+      oracle_entry_label="title"))
 
   # GRPO as the official run (AtomMem/script/train/run_memory_longcontext.sh, verl): 8
   # contexts x 8 rollouts a step (train_batch_size, rollout.n), 5 passes over the RL data
@@ -391,6 +396,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("sft.copy_span_tokens", c.sft.copy_span_tokens, ">= 1 tokens")
   if c.sft.prompt_loss_weight < 0:
     _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
+  if c.sft.oracle_entry_label not in ORACLE_ENTRY_LABELS:
+    _fail("sft.oracle_entry_label", c.sft.oracle_entry_label, f"one of {ORACLE_ENTRY_LABELS}")
   g = c.grpo
   if g.old_logprobs not in OLD_LOGPROBS:
     _fail("grpo.old_logprobs", g.old_logprobs, f"one of {OLD_LOGPROBS}")
@@ -495,9 +502,10 @@ def model_config(c: ml_collections.ConfigDict, *, rollout: bool = False):
     raise ConfigError(f"config field model.overrides={overrides}: {e}") from e
 
 
-def oracle_options(c: ml_collections.ConfigDict) -> dict[str, bool]:
-  """Keyword arguments of `oracle.OraclePolicy` from the sft section: how it writes answers."""
-  return dict(boxed_space=c.sft.oracle_boxed_space)
+def oracle_options(c: ml_collections.ConfigDict) -> dict:
+  """Keyword arguments of `oracle.OraclePolicy` from the sft section: how it writes answers
+  and memory entries."""
+  return dict(boxed_space=c.sft.oracle_boxed_space, entry_label=c.sft.oracle_entry_label)
 
 
 def _typed(kind, section: str, fields: dict, **derived):

@@ -36,7 +36,9 @@ pretraining run's export) on the probe in its own tokenizer's words (`train.pret
 " Zale is Beri . ... ? Zale is Beri .", 16 facts and 16 questions, 256 fixed rows), the
 accuracy its model card states; with `--facts N`, on N facts each asked once instead. It also
 prints the reading probe (`pretrain_data.qa_probe_batch`: 8 questions over the documents of
-each of 256 held-out contexts of configs/tiny.py's world, each answered right after them).
+each of 256 held-out contexts of configs/tiny.py's world, each answered right after them)
+and the restating probe (`pretrain_data.facts_probe_batch`: 8 profile sentences of those
+contexts' documents restated after them up to the object, " ? Kozi was born in" -> " Rupe").
 
 `--backend torch` trains transformers' Qwen3ForCausalLM of the same shape instead, with
 torch's AdamW on the same schedule (same data, same loss): an independent reference for
@@ -138,9 +140,9 @@ def main() -> None:
                       help="score this Hugging Face base on the text probe instead of training")
   args = parser.parse_args()
   if args.hf_dir:
-    lookup, reading = score_hf_dir(args.hf_dir, args.facts)
+    lookup, reading, restating = score_hf_dir(args.hf_dir, args.facts)
     print(f"{args.hf_dir}: {args.facts}-fact lookup probe accuracy {lookup:.3f}, reading probe "
-          f"accuracy {reading:.3f}")
+          f"accuracy {reading:.3f}, restating probe accuracy {restating:.3f}")
     return
   for facts in (args.facts, args.warm_facts):
     if not 1 <= min(args.queries, facts) or (args.key in ("k2", "k3") and facts > 20):
@@ -187,20 +189,23 @@ def main() -> None:
             f"{time.perf_counter() - started:.0f} |", flush=True)
 
 
-def score_hf_dir(hf_dir: str, facts: int = 16) -> tuple[float, float]:
-  """(lookup, reading) probe accuracies of the Hugging Face base in `hf_dir`, read once with
-  its own tokenizer: the text probe (`pretrain_data.probe_batch`, `facts` facts each asked
-  once) and the reading probe (`pretrain_data.qa_probe_batch`: 8 questions over the documents
-  of each of 256 held-out contexts of configs/tiny.py's world)."""
+def score_hf_dir(hf_dir: str, facts: int = 16) -> tuple[float, float, float]:
+  """(lookup, reading, restating) probe accuracies of the Hugging Face base in `hf_dir`, read
+  once with its own tokenizer: the text probe (`pretrain_data.probe_batch`, `facts` facts each
+  asked once), the reading probe (`pretrain_data.qa_probe_batch`: 8 questions over the
+  documents of each of 256 held-out contexts of configs/tiny.py's world) and the restating
+  probe (`pretrain_data.facts_probe_batch`: 8 profile sentences of each of those contexts'
+  documents restated up to the object)."""
   from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
   config, params = hf.load_hf(hf_dir, jnp.float32)
   tokenizer = tokenizer_lib.load_tokenizer(hf_dir)
-  world = dict(config_lib.load_config_file("tiny").data.synthetic, questions_per_context=8)
+  world = config_lib.load_config_file("tiny").data.synthetic
   return tuple(pretrain_data.probe_accuracy(config, params, batch) for batch in (
       pretrain_data.probe_batch(tokenizer, facts=facts, queries=facts),
-      pretrain_data.qa_probe_batch(tokenizer, world)))
+      pretrain_data.qa_probe_batch(tokenizer, dict(world, questions_per_context=8)),
+      pretrain_data.facts_probe_batch(tokenizer, world)))
 
 
 def _jax_trainer(config, args, held_out: TrainBatch):

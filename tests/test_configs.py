@@ -47,7 +47,8 @@ def _config_names() -> list[str]:
 
 
 def test_every_config_file_is_covered():
-  assert set(_config_names()) == set(PAPER_CONFIGS) | {"tiny", "pretrain_tiny", "demo"} | set(ABLATIONS)
+  assert set(_config_names()) == (set(PAPER_CONFIGS) | set(ABLATIONS)
+                                  | {"tiny", "pretrain_tiny", "pretrain_tiny_facts", "demo"})
 
 
 @pytest.mark.parametrize("name", _config_names())
@@ -523,7 +524,8 @@ def test_adam_betas_reach_the_optimizer_and_bad_ones_name_the_field():
 
 
 @pytest.mark.parametrize("field,value", [("copy_examples_per_context", -1),
-                                         ("copy_span_tokens", 0)])
+                                         ("copy_span_tokens", 0),
+                                         ("oracle_entry_label", "sentence")])
 def test_sft_copy_example_fields_are_validated_with_the_field_named(field, value):
   c = config_lib.load_config_file("tiny")
   c.sft[field] = value

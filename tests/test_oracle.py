@@ -158,6 +158,38 @@ def test_oracle_and_memagent_on_synthetic_updates():
       assert not any(s.old.text in stored for s in evidence.superseded)
 
 
+def test_question_labels_start_each_entry_with_the_first_question_it_answers():
+  """entry_label="question" changes how entries start (and splits a document's facts that
+  answer different questions into separate entries; retrieval then differs, so answers may
+  too): the oracle stays near perfect and keeps the latest facts only; each entry begins
+  with the first question whose chain holds one of its facts, an Update keeps the label,
+  and the rest of the entry is those facts."""
+  contexts = synthetic.generate_synthetic(12, seed=3, num_entities=10, num_docs=24, hops=3,
+                                          num_updates=6, questions_per_context=3)
+  settings = dict(chunk_tokens=128, chunk_overlap=16)
+  titled = oracle.run_episodes(_env(**settings), oracle.OraclePolicy(), contexts)
+  labelled = oracle.run_episodes(_env(**settings), oracle.OraclePolicy(entry_label="question"),
+                                 contexts)
+  assert _exact_match(labelled) >= _exact_match(titled) - 0.05 and _exact_match(labelled) >= 0.9
+  updated = 0
+  for context, result in zip(contexts, labelled):
+    facts = {fact.text for evidence in context.evidence for fact in evidence.chain}
+    stored = " ".join(entry.text for entry in result.memories)
+    assert all(fact in stored for fact in facts)
+    assert not any(s.old.text in stored for e in context.evidence for s in e.superseded)
+    updated += result.stats.updates
+    for entry in result.memories:
+      asked = [q for q, evidence in enumerate(context.evidence)
+               if any(fact.text in entry.text for fact in evidence.chain)]
+      label = context.questions[asked[0]].question
+      assert entry.text.startswith(label + " "), (label, entry.text)
+      rest = oracle._sentences(entry.text[len(label) + 1:])
+      assert rest and all(sentence in facts for sentence in rest), entry.text
+  assert updated > 0
+  with pytest.raises(ValueError, match="entry_label"):
+    oracle.OraclePolicy(entry_label="sentence")
+
+
 def test_gold_facts_of_synthetic_contexts_follow_the_evidence():
   [context] = synthetic.generate_synthetic(1, seed=11, hops=2, num_updates=4,
                                            questions_per_context=2)

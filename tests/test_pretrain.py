@@ -26,7 +26,7 @@ from atommem_jax.data import tokenizer as tokenizer_lib
 from atommem_jax.train import pretrain_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTION = dict(tasks="recall:4,copy:1,documents:1,qa:1", batch_size=32, max_len=96,
+SECTION = dict(tasks="recall:4,copy:1,documents:1,qa:1,facts:1", batch_size=32, max_len=96,
                recall_facts=16, recall_facts_start=3, recall_curriculum_steps=1000,
                recall_queries=16, recall_plain_share=0.0)
 
@@ -138,10 +138,10 @@ def test_recall_facts_grow_linearly_over_the_curriculum(tokenizer, corpus):
     assert text.count(" is ") == 2 * 9 and text.count(" ?") == 9 and mask.sum() == 9
 
 
-def test_copy_documents_and_qa_rows_read_back_as_their_contexts(tokenizer, corpus):
+def test_copy_documents_qa_and_facts_rows_read_back_as_their_contexts(tokenizer, corpus):
   contexts = _contexts()
   rendered = [multihop.render_context(c.documents) for c in contexts]
-  for task in ("copy", "documents", "qa"):
+  for task in ("copy", "documents", "qa", "facts"):
     batch = pretrain_data.pretrain_batch(dict(SECTION, tasks=task, max_len=96), corpus, 0, 2,
                                          pad_id=tokenizer.pad_token_id)
     for ids, mask in _rows(batch):
@@ -155,6 +155,13 @@ def test_copy_documents_and_qa_rows_read_back_as_their_contexts(tokenizer, corpu
       elif task == "documents":
         assert len(ids) == 96 and mask.tolist() == [0.0] + [1.0] * 95
         assert any(text in r for r in rendered)
+      elif task == "facts":
+        documents, *restated = text.split(" ? ")
+        [r] = [r for r in rendered if r.endswith(documents) and all(
+            f"{sentence}." in r for sentence in restated)]  # the documents' tail, cut
+        assert len(ids) <= 96 and len(restated) == pretrain_data.FACTS_ASKED
+        assert tokenizer.decode([i for i, m in zip(ids, mask) if m]) == "".join(
+            " " + sentence.split(" ")[-1] for sentence in restated)
       else:
         matches = [(r, c) for r, c in zip(rendered, contexts)
                    if text.endswith(f"\n{c.questions[0].question} {c.questions[0].answers[0]}")]
@@ -183,6 +190,28 @@ def test_the_reading_probe_asks_each_held_out_context_its_questions(tokenizer):
   again = pretrain_data.qa_probe_batch(tokenizer, dict(world, questions_per_context=3),
                                        contexts=5, max_len=4096, seed=77)
   np.testing.assert_array_equal(again.tokens, batch.tokens)
+
+
+def test_the_restating_probe_restates_profile_sentences_up_to_their_object(tokenizer):
+  world = dict(num_entities=4, num_cities=3, num_docs=6, hops=1, num_updates=1, doc_length=4)
+  batch = pretrain_data.facts_probe_batch(tokenizer, dict(world, train_contexts=99),
+                                          contexts=5, max_len=4096, seed=78)
+  contexts = synthetic.generate_synthetic(5, seed=78, **world)
+  rows = _rows(batch)
+  assert len(rows) == 5
+  for (ids, mask), context in zip(rows, contexts):
+    rendered = multihop.render_context(context.documents)
+    # profile sentences ending in a name, written by the generator's own templates
+    profile = {template.format(s=s, o=o) for doc in context.documents
+               for template in synthetic.FACT_TEMPLATES.values()
+               for s in synthetic.NAMES if s == doc.title for o in synthetic.NAMES
+               if template.format(s=s, o=o) in doc.text}
+    text = tokenizer.decode([int(i) for i in ids])
+    assert text.startswith(rendered)
+    restated = text[len(rendered):].split(" ? ")[1:]
+    assert len(restated) == pretrain_data.FACTS_ASKED == len(set(restated))
+    assert all(sentence + "." in profile for sentence in restated), restated
+    assert _asked(tokenizer, ids, mask) == [" " + s.split(" ")[-1] for s in restated]
 
 
 def test_a_name_split_into_several_tokens_is_refused_naming_the_names():
@@ -273,7 +302,7 @@ def test_pretraining_resumes_to_the_same_weights_and_exports_a_loadable_base(tmp
             "--config.pretrain.max_len=64", "--config.pretrain.recall_facts=4",
             "--config.pretrain.recall_facts_start=2", "--config.pretrain.recall_queries=2",
             "--config.pretrain.recall_curriculum_steps=2", "--config.pretrain.probe_every_steps=2",
-            "--config.pretrain.tasks=recall:1,qa:1"]
+            "--config.pretrain.tasks=recall:1,qa:1,facts:1"]
 
   resumed, straight = str(tmp_path / "resumed"), str(tmp_path / "straight")
   test_train_cli._kill_after_checkpoint(command(resumed),
@@ -286,7 +315,7 @@ def test_pretraining_resumes_to_the_same_weights_and_exports_a_loadable_base(tmp
     outputs[workdir] = result.stdout
   assert "pretrain: resuming after step 2" in outputs[resumed]
   assert "pretrain step 4: loss" in outputs[straight] and "probe accuracy" in outputs[straight]
-  assert "reading accuracy" in outputs[straight]
+  assert "reading accuracy" in outputs[straight] and "restating accuracy" in outputs[straight]
 
   weights = [safetensors.numpy.load_file(os.path.join(workdir, "hf", "model.safetensors"))
              for workdir in (resumed, straight)]
@@ -296,7 +325,8 @@ def test_pretraining_resumes_to_the_same_weights_and_exports_a_loadable_base(tmp
                                err_msg=name)
   records = test_train_cli._metrics(straight)
   assert sorted(records) == [1, 2, 3, 4]
-  for name in ("pretrain/probe_accuracy", "pretrain/reading_accuracy"):
+  for name in ("pretrain/probe_accuracy", "pretrain/reading_accuracy",
+               "pretrain/restating_accuracy"):
     assert {step for step, r in records.items() if name in r} == {2, 4}, name
     assert all(0 <= records[s][name] <= 1 for s in (2, 4))
   losses = test_train_cli._losses(resumed, "pretrain")

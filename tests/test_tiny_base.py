@@ -18,14 +18,18 @@ from atommem_jax.train import setup
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_DIR = os.path.join(_REPO, "models", "tiny_base")
-_CARD_PROBE = re.compile(r"lookup probe accuracy \(16 facts, 16 questions, 256 rows\): "
-                         r"\*\*([0-9]\.[0-9]{3})\*\*")
+_CARD_PROBES = {
+    "lookup": re.compile(r"lookup probe accuracy \(16 facts, 16 questions, 256 rows\): "
+                         r"\*\*([0-9]\.[0-9]{3})\*\*"),
+    "restating": re.compile(r"restating probe accuracy \(8 sentences over each of 256 "
+                            r"held-out contexts\): \*\*([0-9]\.[0-9]{3})\*\*"),
+}
 
 
-def _card_probe_accuracy() -> float:
+def _card_probe_accuracy(probe: str = "lookup") -> float:
   with open(os.path.join(BASE_DIR, "README.md"), encoding="utf-8") as f:
-    found = _CARD_PROBE.findall(f.read())
-  assert len(found) == 1, "the model card states the probe accuracy once"
+    found = _CARD_PROBES[probe].findall(f.read())
+  assert len(found) == 1, f"the model card states the {probe} probe accuracy once"
   return float(found[0])
 
 
@@ -43,6 +47,11 @@ def test_the_base_scores_on_the_probe_what_its_card_says():
   accuracy = pretrain_data.probe_accuracy(config, params, pretrain_data.probe_batch(tokenizer))
   # Argmax ties can flip on another CPU's float rounding: one target of 4096 either way.
   assert accuracy == pytest.approx(_card_probe_accuracy(), abs=1.5 / 4096 + 5e-4)
+  # The restating probe over held-out contexts of the demo's world (2048 targets).
+  world = config_lib.load_config_file("demo").data.synthetic
+  restating = pretrain_data.probe_accuracy(
+      config, params, pretrain_data.facts_probe_batch(tokenizer, world))
+  assert restating == pytest.approx(_card_probe_accuracy("restating"), abs=1.5 / 2048 + 5e-4)
 
 
 def test_the_demo_config_starts_from_the_base_with_its_tokenizer(tmp_path):

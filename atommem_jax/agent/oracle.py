@@ -154,7 +154,7 @@ class _OracleState:
   context: LongContext
   gold: GoldFacts
   handled: set[int] = dataclasses.field(default_factory=set)
-  entries: list[tuple[str, list[int]]] = dataclasses.field(default_factory=list)  # title, units
+  entries: list[tuple[str, list[int]]] = dataclasses.field(default_factory=list)  # label, units
   entry_of: dict[int, int] = dataclasses.field(default_factory=dict)  # stored unit -> entry
   seen_titles: list[list[str]] = dataclasses.field(default_factory=list)  # per question
   notes: str = ""  # the scratchpad last written
@@ -162,8 +162,19 @@ class _OracleState:
   read_question: int | None = None  # question whose Read was issued
 
   def entry_text(self, entry: int) -> str:
-    title, units = self.entries[entry]
-    return f"{title}: " + " ".join(self.gold.units[u].text for u in units)
+    label, units = self.entries[entry]
+    return f"{label} " + " ".join(self.gold.units[u].text for u in units)
+
+  def label(self, unit: GoldUnit, entry_label: str) -> str:
+    """"Title:", or the first question whose answer needs `unit` (or a later version of it)."""
+    latest = unit
+    while latest.replaced_by is not None:
+      latest = self.gold.units[latest.replaced_by]
+    if entry_label == "question":
+      for question, required in enumerate(self.gold.required):
+        if latest.index in required:
+          return self.context.questions[question].question.strip()
+    return f"{unit.title}:"
 
 
 class OraclePolicy:
@@ -174,17 +185,24 @@ class OraclePolicy:
       READ, CREATE and UPDATE (or DELETE), superseding facts are stored as new entries.
     supersede: "update" (Update the stale entry) or "delete" (Delete it, Create the new).
     entry_chars: longest entry text; a document's sentences are packed into entries.
+    entry_label: what an entry starts with: "title" ("Title: sentence ...") or "question"
+      (the question the sentences answer, then the sentences; "Title:" for a sentence no
+      question needs). A question-labelled entry restates the relation asked right before
+      the sentence that answers it (BENCHMARKS.md, the demo).
     boxed_space: answers are written `\\boxed{ text}` (see `actions.render_actions`).
   """
 
   def __init__(self, *, enabled: frozenset[ActionKind] = ALL_KINDS, supersede: str = "update",
-               entry_chars: int = 2000, boxed_space: bool = False):
+               entry_chars: int = 2000, entry_label: str = "title", boxed_space: bool = False):
     if supersede not in ("update", "delete"):
       raise ValueError(f"supersede={supersede!r} must be 'update' or 'delete'")
+    if entry_label not in ("title", "question"):
+      raise ValueError(f"entry_label={entry_label!r} must be 'title' or 'question'")
     edit = ActionKind.UPDATE if supersede == "update" else ActionKind.DELETE
     self.enabled = enabled
     self.supersede = supersede
     self.entry_chars = entry_chars
+    self.entry_label = entry_label
     self.boxed_space = boxed_space
     self._can_replace = {ActionKind.READ, ActionKind.CREATE, edit} <= enabled
     self._states: list[_OracleState] = []
@@ -260,16 +278,19 @@ class OraclePolicy:
   def _store(self, state: _OracleState, units: Sequence[GoldUnit]) -> list[str]:
     """Packs one document's units into new entries of at most `entry_chars`; their texts."""
     packs: list[list[GoldUnit]] = []
+    labels: list[str] = []
     length = 0
     for unit in units:
       length += len(unit.text) + 1
-      if not packs or len(unit.title) + 1 + length > self.entry_chars:
+      label = state.label(unit, self.entry_label)
+      if not packs or label != labels[-1] or len(label) + length > self.entry_chars:
+        labels.append(label)
         packs.append([])
         length = len(unit.text) + 1
       packs[-1].append(unit)
     texts = []
-    for pack in packs:
-      state.entries.append((pack[0].title, [unit.index for unit in pack]))
+    for label, pack in zip(labels, packs):
+      state.entries.append((label, [unit.index for unit in pack]))
       state.entry_of.update((unit.index, len(state.entries) - 1) for unit in pack)
       texts.append(state.entry_text(len(state.entries) - 1))
     return texts

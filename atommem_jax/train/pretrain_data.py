@@ -15,6 +15,10 @@ weights; `loss_mask` marks the tokens trained:
   qa         a context's rendered documents (their last tokens, where updated facts are, when
              they do not fit max_len), then each question and its answer ("Question? Answer");
              loss on the answer tokens.
+  facts      a context's rendered documents (cut as for qa), then FACTS_ASKED of its profile
+             sentences restated (" ? Kozi was born in Rupe ."); loss on each restated object:
+             the lookup the agent makes when it copies a fact into memory, keyed by the
+             subject and the relation together.
 Everything is tokenized once (`make_corpus`); `pretrain_batch` is a pure function of
 (seed, step), so a resumed run sees the same batches. The lookup probe (`probe_batch`,
 `probe_accuracy`) is the recall task at 16 facts and 16 questions from a fixed generator,
@@ -38,6 +42,7 @@ from atommem_jax.data import synthetic
 from atommem_jax.model import qwen3
 from atommem_jax.train.batch import TrainBatch
 
+FACTS_ASKED = 8  # restated sentences per facts row
 LENGTH_MULTIPLE = 16  # rows are padded to a multiple of this many tokens (few compilations)
 PROBE_SEED = 10_000
 _STREAM = 0x70726574  # folded into the generator's seed: pretraining's own stream of draws
@@ -62,6 +67,8 @@ class Corpus:
   recall: RecallTokens | None
   documents: tuple[np.ndarray, ...] = ()
   qa: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...] = ()
+  # per context, its profile sentences as (ids before the object, the object's ids)
+  facts: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...] = ()
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -93,8 +100,24 @@ def make_corpus(tokenizer, contexts: Sequence[multihop.LongContext], *, recall: 
   qa = tuple(tuple((np.array(_ids(tokenizer, "\n" + question.question), np.int32),
                     np.array(_ids(tokenizer, " " + question.answers[0]), np.int32))
                    for question in context.questions) for context in contexts)
+  facts = tuple(tuple((np.array(_ids(tokenizer, prefix), np.int32),
+                       np.array(_ids(tokenizer, obj), np.int32))
+                      for prefix, obj in _fact_sentences(context)) for context in contexts)
   return Corpus(recall=recall_tokens(tokenizer, names) if recall else None,
-                documents=documents, qa=qa)
+                documents=documents, qa=qa, facts=facts)
+
+
+def _fact_sentences(context: multihop.LongContext) -> list[tuple[str, str]]:
+  """(" ? Kozi was born in", " Rupe") for each profile sentence that ends in a name; update
+  sentences and fillers ("Kozi likes tea.") are left out."""
+  pairs = []
+  for document in context.documents:
+    for sentence in document.text.split(". "):
+      words = sentence.rstrip(".").split(" ")
+      if len(words) < 3 or words[0] == "Update:" or not words[-1][:1].isupper():
+        continue
+      pairs.append((" ? " + " ".join(words[:-1]), " " + words[-1]))
+  return pairs
 
 
 def recall_facts_at(section: Mapping, step: int) -> int:
@@ -147,16 +170,34 @@ def _qa_row(rng, corpus: Corpus, max_len: int) -> tuple[list[int], list[float]]:
 
 
 def _qa_of(corpus: Corpus, index: int, max_len: int) -> tuple[list[int], list[float]]:
-  asked, mask = [], []
-  for question, answer in corpus.qa[index]:
-    asked += question.tolist() + answer.tolist()
-    mask += [0.0] * len(question) + [1.0] * len(answer)
+  return _after_documents(corpus, index, max_len, corpus.qa[index])
+
+
+def _after_documents(corpus: Corpus, index: int, max_len: int,
+                     asked: Sequence[tuple[np.ndarray, np.ndarray]]
+                     ) -> tuple[list[int], list[float]]:
+  """Context `index`'s documents (their last tokens when the row would pass max_len), then
+  each (prompt, target) of `asked`; loss on the targets."""
+  ids, mask = [], []
+  for prompt, target in asked:
+    ids += prompt.tolist() + target.tolist()
+    mask += [0.0] * len(prompt) + [1.0] * len(target)
   documents = corpus.documents[index]
-  documents = documents[max(len(documents) - max(max_len - len(asked), 1), 0):]
-  return documents.tolist() + asked, [0.0] * len(documents) + mask
+  documents = documents[max(len(documents) - max(max_len - len(ids), 1), 0):]
+  return documents.tolist() + ids, [0.0] * len(documents) + mask
 
 
-_ROWS = {"copy": _copy_row, "documents": _documents_row, "qa": _qa_row}
+def _facts_row(rng, corpus: Corpus, max_len: int) -> tuple[list[int], list[float]]:
+  return _facts_of(rng, corpus, int(rng.integers(len(corpus.documents))), max_len)
+
+
+def _facts_of(rng, corpus: Corpus, index: int, max_len: int) -> tuple[list[int], list[float]]:
+  facts = corpus.facts[index]
+  chosen = rng.choice(len(facts), min(FACTS_ASKED, len(facts)), replace=False)
+  return _after_documents(corpus, index, max_len, [facts[i] for i in chosen])
+
+
+_ROWS = {"copy": _copy_row, "documents": _documents_row, "qa": _qa_row, "facts": _facts_row}
 
 
 def rows_to_batch(rows: Sequence[tuple[list[int], list[float]]], pad_id: int,
@@ -226,6 +267,20 @@ def qa_probe_batch(tokenizer, synthetic_fields: Mapping, contexts: int = 256,
   drawn = synthetic.generate_synthetic(contexts, seed=seed, **fields)
   corpus = make_corpus(tokenizer, drawn, recall=False)
   return rows_to_batch([_qa_of(corpus, index, max_len) for index in range(contexts)],
+                       tokenizer.pad_token_id)
+
+
+def facts_probe_batch(tokenizer, synthetic_fields: Mapping, contexts: int = 256,
+                      max_len: int = 384, seed: int = PROBE_SEED) -> TrainBatch:
+  """The restating probe: one facts row (documents, then FACTS_ASKED of their profile
+  sentences restated up to the object) for each of `contexts` synthetic contexts of
+  `synthetic_fields`, drawn from `seed` as `qa_probe_batch`'s."""
+  fields = {k: v for k, v in dict(synthetic_fields).items()
+            if k not in ("train_contexts", "eval_contexts")}
+  drawn = synthetic.generate_synthetic(contexts, seed=seed, **fields)
+  corpus = make_corpus(tokenizer, drawn, recall=False)
+  rng = np.random.default_rng(seed)
+  return rows_to_batch([_facts_of(rng, corpus, index, max_len) for index in range(contexts)],
                        tokenizer.pad_token_id)
 
 

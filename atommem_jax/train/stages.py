@@ -249,6 +249,9 @@ def _pretrain_corpus(job: Job, contexts) -> tuple[pretrain_data.Corpus,
     if "qa" in tasks and job.config.data.kind == "synthetic":
       probes["reading_accuracy"] = pretrain_data.qa_probe_batch(
           job.tokenizer, job.config.data.synthetic, max_len=c.max_len)
+    if "facts" in tasks and job.config.data.kind == "synthetic":
+      probes["restating_accuracy"] = pretrain_data.facts_probe_batch(
+          job.tokenizer, job.config.data.synthetic, max_len=c.max_len)
   return corpus, probes
 
 
