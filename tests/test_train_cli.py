@@ -242,3 +242,8 @@ def test_demo_prints_the_table_and_a_rerun_reuses_the_main_run(tmp_path):
     assert f.read() == logged  # the main run logged no step again
   assert rerun["rows"]["no_update (own SFT)"]["updates"] == 0.0
   assert os.path.isfile(os.path.join(workdir, "no_update", "hf", "model.safetensors"))
+  # The ablation trained in a second process, its output in its own log.
+  log = os.path.join(workdir, "no_update.log")
+  assert f"log {log}" in second.stdout
+  with open(log) as f:
+    assert f"workdir {os.path.join(workdir, 'no_update')}" in f.read()
