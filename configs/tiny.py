@@ -1,7 +1,8 @@
 """The embedded default: a tiny Qwen3 on the synthetic task, end to end on a 2-core CPU.
 
-`make demo` trains it from random init (SFT on oracle trajectories, then GRPO) in about 10
-minutes on a 2-core CPU (BENCHMARKS.md has the EM it reaches). The prompt template is a
+It trains from random init (SFT on oracle trajectories, then GRPO) in about 10 minutes on a
+2-core CPU (BENCHMARKS.md has the EM it reaches); `make demo` runs configs/demo.py, this task
+and shape started from the pretrained base in models/tiny_base instead. The prompt template is a
 compact one (configs/tiny_prompt.txt) so that a step's prompt stays near 200 tokens of the
 synthetic BPE.
 """
