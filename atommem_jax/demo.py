@@ -11,9 +11,10 @@ r"""`make demo`: the training job on the embedded default config, plus the no-Up
    ablation, the same SFT on oracle trajectories of an environment with Update disabled,
    evaluated with Update disabled (no GRPO). It runs in a second process beside the main
    run, with the same devices (its log: --workdir/no_update.log): two processes keep the 2
-   cores of the embedded default's CPU busier than one (BENCHMARKS.md). "eval" (cheaper): the policy after SFT evaluated
-   in an environment that refuses Update (its Update actions count as invalid): what Update
-   is worth to a policy trained with it, not a policy trained without it.
+   cores of the embedded default's CPU busier than one (BENCHMARKS.md). "eval" (cheaper):
+   the policy after SFT evaluated in an environment that refuses Update (its Update actions
+   count as invalid): what Update is worth to a policy trained with it, not a policy trained
+   without it.
 
 Prints the EM table (with the operation counts per episode) and the wall times; writes them
 to --workdir/demo_results.json. A rerun resumes (or reuses) both runs from their checkpoints.

@@ -55,7 +55,7 @@ def tokenizer(tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def corpus(tokenizer):
-  return pretrain_data.make_corpus(tokenizer, _contexts(), recall=True)
+  return pretrain_data.make_corpus(tokenizer, _contexts(), recall=True, facts=True)
 
 
 def _rows(batch):

@@ -167,10 +167,10 @@ class _OracleState:
 
   def label(self, unit: GoldUnit, entry_label: str) -> str:
     """"Title:", or the first question whose answer needs `unit` (or a later version of it)."""
-    latest = unit
-    while latest.replaced_by is not None:
-      latest = self.gold.units[latest.replaced_by]
     if entry_label == "question":
+      latest = unit
+      while latest.replaced_by is not None:
+        latest = self.gold.units[latest.replaced_by]
       for question, required in enumerate(self.gold.required):
         if latest.index in required:
           return self.context.questions[question].question.strip()

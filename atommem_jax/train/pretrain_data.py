@@ -16,7 +16,7 @@ weights; `loss_mask` marks the tokens trained:
              they do not fit max_len), then each question and its answer ("Question? Answer");
              loss on the answer tokens.
   facts      a context's rendered documents (cut as for qa), then FACTS_ASKED of its profile
-             sentences restated (" ? Kozi was born in Rupe ."); loss on each restated object:
+             sentences restated (" ? Kozi was born in Rupe"); loss on each restated object:
              the lookup the agent makes when it copies a fact into memory, keyed by the
              subject and the relation together.
 Everything is tokenized once (`make_corpus`); `pretrain_batch` is a pure function of
@@ -62,7 +62,8 @@ class RecallTokens:
 @dataclasses.dataclass(frozen=True)
 class Corpus:
   """What the rows are cut from, tokenized once: recall ids (None when no recall rows or probe
-  are wanted), each context's rendered documents, and each context's (question, answer) ids."""
+  are wanted), each context's rendered documents, each context's (question, answer) ids, and
+  (only when facts rows are wanted) each context's restated sentences."""
 
   recall: RecallTokens | None
   documents: tuple[np.ndarray, ...] = ()
@@ -92,19 +93,21 @@ def recall_tokens(tokenizer, names: Sequence[str] = synthetic.NAMES) -> RecallTo
 
 
 def make_corpus(tokenizer, contexts: Sequence[multihop.LongContext], *, recall: bool,
-                names: Sequence[str] = synthetic.NAMES) -> Corpus:
+                facts: bool = False, names: Sequence[str] = synthetic.NAMES) -> Corpus:
   """The corpus of `contexts` (may be empty when only recall rows are drawn); `recall`: build
-  the recall ids (needed by recall rows and the probe)."""
+  the recall ids (needed by recall rows and the probe); `facts`: tokenize each context's
+  restated sentences (needed by facts rows and the restating probe)."""
   documents = tuple(np.array(_ids(tokenizer, multihop.render_context(context.documents)),
                              np.int32) for context in contexts)
   qa = tuple(tuple((np.array(_ids(tokenizer, "\n" + question.question), np.int32),
                     np.array(_ids(tokenizer, " " + question.answers[0]), np.int32))
                    for question in context.questions) for context in contexts)
-  facts = tuple(tuple((np.array(_ids(tokenizer, prefix), np.int32),
-                       np.array(_ids(tokenizer, obj), np.int32))
-                      for prefix, obj in _fact_sentences(context)) for context in contexts)
+  restated = tuple(tuple((np.array(_ids(tokenizer, prefix), np.int32),
+                          np.array(_ids(tokenizer, obj), np.int32))
+                         for prefix, obj in _fact_sentences(context))
+                   for context in contexts) if facts else ()
   return Corpus(recall=recall_tokens(tokenizer, names) if recall else None,
-                documents=documents, qa=qa, facts=facts)
+                documents=documents, qa=qa, facts=restated)
 
 
 def _fact_sentences(context: multihop.LongContext) -> list[tuple[str, str]]:
@@ -236,6 +239,8 @@ def pretrain_batch(section: Mapping, corpus: Corpus, seed: int, step: int, *, pa
   facts = recall_facts_at(section, step)
   if "recall" in names and corpus.recall is None:
     raise ValueError("recall rows need the recall ids: make_corpus(..., recall=True)")
+  if "facts" in names and not corpus.facts:
+    raise ValueError("facts rows need the restated sentences: make_corpus(..., facts=True)")
   rows = []
   for task in tasks:
     if names[task] == "recall":
@@ -256,16 +261,23 @@ def probe_batch(tokenizer, facts: int = 16, queries: int = 16, rows: int = 256,
                        tokenizer.pad_token_id)
 
 
+def _held_out_corpus(tokenizer, synthetic_fields: Mapping, contexts: int, seed: int, *,
+                     facts: bool = False) -> Corpus:
+  """The corpus of `contexts` synthetic contexts of `synthetic_fields` (data.synthetic's
+  fields; its context counts are not used) drawn from `seed`."""
+  fields = {k: v for k, v in dict(synthetic_fields).items()
+            if k not in ("train_contexts", "eval_contexts")}
+  drawn = synthetic.generate_synthetic(contexts, seed=seed, **fields)
+  return make_corpus(tokenizer, drawn, recall=False, facts=facts)
+
+
 def qa_probe_batch(tokenizer, synthetic_fields: Mapping, contexts: int = 256,
                    max_len: int = 384, seed: int = PROBE_SEED) -> TrainBatch:
   """The reading probe: one qa row (documents, then each question followed by its answer)
   for each of `contexts` synthetic contexts of `synthetic_fields` (data.synthetic's fields;
   its context counts are not used), drawn from `seed`, which no run trains or evaluates on
   by default."""
-  fields = {k: v for k, v in dict(synthetic_fields).items()
-            if k not in ("train_contexts", "eval_contexts")}
-  drawn = synthetic.generate_synthetic(contexts, seed=seed, **fields)
-  corpus = make_corpus(tokenizer, drawn, recall=False)
+  corpus = _held_out_corpus(tokenizer, synthetic_fields, contexts, seed)
   return rows_to_batch([_qa_of(corpus, index, max_len) for index in range(contexts)],
                        tokenizer.pad_token_id)
 
@@ -275,10 +287,7 @@ def facts_probe_batch(tokenizer, synthetic_fields: Mapping, contexts: int = 256,
   """The restating probe: one facts row (documents, then FACTS_ASKED of their profile
   sentences restated up to the object) for each of `contexts` synthetic contexts of
   `synthetic_fields`, drawn from `seed` as `qa_probe_batch`'s."""
-  fields = {k: v for k, v in dict(synthetic_fields).items()
-            if k not in ("train_contexts", "eval_contexts")}
-  drawn = synthetic.generate_synthetic(contexts, seed=seed, **fields)
-  corpus = make_corpus(tokenizer, drawn, recall=False)
+  corpus = _held_out_corpus(tokenizer, synthetic_fields, contexts, seed, facts=True)
   rng = np.random.default_rng(seed)
   return rows_to_batch([_facts_of(rng, corpus, index, max_len) for index in range(contexts)],
                        tokenizer.pad_token_id)

@@ -240,7 +240,8 @@ def _pretrain_corpus(job: Job, contexts) -> tuple[pretrain_data.Corpus,
         "only")
   try:
     corpus = pretrain_data.make_corpus(job.tokenizer, contexts if from_contexts else (),
-                                       recall="recall" in tasks or c.probe_every_steps > 0)
+                                       recall="recall" in tasks or c.probe_every_steps > 0,
+                                       facts="facts" in tasks)
   except ValueError as e:  # a name of the pool is not one token
     raise config_lib.ConfigError(f"config field tokenizer={job.config.tokenizer!r}: {e}") from e
   probes = {}
