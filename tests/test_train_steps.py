@@ -372,3 +372,15 @@ def test_grpo_with_max_targets_per_row_equals_the_whole_row_head(params):
   _assert_trees_close(gathered_params, whole_params, atol=1e-6)
   with pytest.raises(ValueError, match=f"trains {most} target tokens"):
     run(most - 1)
+
+
+def test_bucket_rows_takes_the_smallest_ladder_count_that_holds_the_rows():
+  ladder = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]  # 2^k and 3 * 2^(k-1)
+  for quantum in (1, 8, 16):
+    for rows in range(0, 100 * quantum):
+      expected = quantum * min(m for m in ladder if quantum * m >= rows)
+      assert batch_lib.bucket_rows(rows, quantum) == expected, (rows, quantum)
+  # A GRPO run's row counts (a row per turn: 64 episodes of 4-5 turns) share one shape.
+  assert {batch_lib.bucket_rows(rows, 16) for rows in range(260, 380)} == {384}
+  with pytest.raises(ValueError, match="quantum"):
+    batch_lib.bucket_rows(5, 0)

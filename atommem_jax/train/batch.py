@@ -62,6 +62,22 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
   return min(fitting)
 
 
+def bucket_rows(rows: int, quantum: int) -> int:
+  """Smallest count >= rows of the form quantum * m, m in 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
+
+  A GRPO batch has a row per turn of its episodes, so its row count changes from step to step;
+  each new count compiles the update and the log-prob passes again (seconds each on a CPU,
+  more than the step's compute at the demo's size). These counts pad under half of the rows
+  (under a third from 3 quanta up) and leave a run only a few distinct shapes.
+  """
+  if rows < 0 or quantum < 1:
+    raise ValueError(f"bucket_rows({rows}, {quantum}): rows must be >= 0 and quantum >= 1")
+  multiple, power = 1, 2
+  while quantum * multiple < rows:  # 1, then 2^k and 3 * 2^(k-1) in turn
+    multiple, power = (3 * power // 2, 2 * power) if multiple == power else (power, power)
+  return quantum * multiple
+
+
 def _checked(examples: Sequence[Example]) -> list[Example]:
   checked = []
   for index, example in enumerate(examples):

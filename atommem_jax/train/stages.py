@@ -44,7 +44,7 @@ from atommem_jax.train.setup import Job
 
 PRETRAIN, SFT, GRPO = "pretrain", "sft", "grpo"
 _STAGE_IDS = {SFT: 1, GRPO: 2, PRETRAIN: 3}  # folded into the stages' keys: never renumber
-_ROW_QUANTUM = 16  # GRPO batches are padded to a multiple of this many rows (few compiles)
+_ROW_QUANTUM = 16  # GRPO batches are padded to batch.bucket_rows of this many rows (few compiles)
 _STATE_KEY_STEP = 2**32 - 1  # folded in for the TrainState's own key (never a step)
 
 Params = dict[str, Any]
@@ -321,7 +321,7 @@ def grpo_batch(job: Job, rollout: episode_lib.Rollout) -> batch_lib.TrainBatch:
   share = jax.process_count()  # every process holds as many batch shards (local_batch_shards)
   multiple = _row_multiple(job, g)
   quantum = multiple * max(1, _ROW_QUANTUM // multiple) // share
-  needed = (-(-len(examples) // quantum) * quantum,
+  needed = (batch_lib.bucket_rows(len(examples), quantum),
             max((len(e.prompt_ids) + len(e.response_ids) for e in examples), default=1))
   rows, longest = np.max(distributed.allgather_objects(needed), axis=0)
   return batch_lib.pad_examples(examples, length=batch_lib.bucket_length(longest,
