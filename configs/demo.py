@@ -21,8 +21,9 @@ def get_config():
   c = config_lib.load_config_file("tiny", directory=os.path.dirname(__file__))
   c.model.hf_dir = BASE_DIR
   # Two SFT runs (the policy and the no-Update ablation, at once in two processes) and GRPO
-  # share the run time on 2 cores: 800 SFT steps each at lr 1e-3 (about 0.48 s a step with
-  # both running); each evaluation of 256 contexts takes 10-25 s. On the phase-1 base (probe
+  # share the run time on 2 cores: 800 SFT steps each at lr 1e-3 (0.48-0.6 s a step with
+  # both running); each evaluation of 256 contexts takes 15-30 s. 650 steps lose EM (mean of
+  # seeds 0-2 0.294 against 0.359 at 800; BENCHMARKS.md). On the phase-1 base (probe
   # 0.995, "Title:" memories), seed 0 after SFT: EM 0.094 at 300 steps and lr 2e-3, 0.047 at
   # 600 steps and lr 5e-4, 0.195 at 600 and 1e-3, 0.281 at 800 and 1e-3.
   c.sft.update(steps=800, lr=1e-3)
@@ -35,9 +36,15 @@ def get_config():
   c.sft.oracle_entry_label = "question"
   c.env.prompt_template = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                        "demo_prompt.txt")
-  # GRPO: 10 steps of 8 questions x 8 rollouts (about 18 s a step). With tiny.py's 4 x 4 its
-  # groups were mostly all-wrong (zero advantage) and seed 0 (phase-1 base, "Title:"
-  # memories) fell from 0.281 to 0.207; with 8 x 8 it rose to 0.363. With this recipe on the
-  # two-phase base it lowers EM on seeds 0-2 (BENCHMARKS.md).
+  # GRPO: 10 steps of 8 questions x 8 rollouts (about 11 s a step; 145 s with the compiles).
+  # With tiny.py's 4 x 4 its groups were mostly all-wrong (zero advantage).
   c.grpo.update(steps=10, questions_per_batch=8, group_size=8)
+  # Rollouts at temperature 0.5 (evaluation is greedy): at 1.0 the sampled policy is right far
+  # less often than the greedy one (reward 0.08-0.17 a step against EM 0.27 on seed 0), and
+  # GRPO learnt what pays for a sampling policy (a second Create at the next chunk, so that
+  # one of two memories holds the answer), which a greedy answer step undoes by taking the
+  # newer one. EM after GRPO from the same SFT checkpoints, seeds 0 / 1 / 2: 0.277 / 0.320 /
+  # 0.301 at 1.0, 0.262 / 0.461 / 0.383 at 0.5 (after SFT 0.273 / 0.406 / 0.383-0.398;
+  # BENCHMARKS.md).
+  c.rollout.temperature = 0.5
   return c
