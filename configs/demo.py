@@ -44,7 +44,7 @@ def get_config():
   # GRPO learnt what pays for a sampling policy (a second Create at the next chunk, so that
   # one of two memories holds the answer), which a greedy answer step undoes by taking the
   # newer one. EM after GRPO from the same SFT checkpoints, seeds 0 / 1 / 2: 0.277 / 0.320 /
-  # 0.301 at 1.0, 0.262 / 0.461 / 0.383 at 0.5 (after SFT 0.273 / 0.406 / 0.383-0.398;
-  # BENCHMARKS.md).
+  # 0.301 at 1.0, 0.262 / 0.461 / 0.383 at 0.5, 0.297 / 0.410 / 0.355 at 0.3 (after SFT
+  # 0.273 / 0.406 / 0.383-0.398; BENCHMARKS.md).
   c.rollout.temperature = 0.5
   return c
