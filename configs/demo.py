@@ -23,7 +23,7 @@ def get_config():
   # Two SFT runs (the policy and the no-Update ablation, at once in two processes) and GRPO
   # share the run time on 2 cores: 800 SFT steps each at lr 1e-3 (0.48-0.6 s a step with
   # both running); each evaluation of 256 contexts takes 15-30 s. 650 steps lose EM (mean of
-  # seeds 0-2 0.294 against 0.359 at 800; BENCHMARKS.md). On the phase-1 base (probe
+  # seeds 0-2 0.294 against 0.354-0.359 at 800; BENCHMARKS.md). On the phase-1 base (probe
   # 0.995, "Title:" memories), seed 0 after SFT: EM 0.094 at 300 steps and lr 2e-3, 0.047 at
   # 600 steps and lr 5e-4, 0.195 at 600 and 1e-3, 0.281 at 800 and 1e-3.
   c.sft.update(steps=800, lr=1e-3)

@@ -45,10 +45,10 @@ def get_config():
                copy_examples_per_context=1, oracle_boxed_space=True)
   # GRPO at lr 5e-5: at 2e-4 its 20 steps cut the store recall of a seed-0 SFT policy from
   # 0.109 to 0.062 (invalid Updates rose from 0.13 to 0.4-0.6 an episode) for no EM.
-  # micro_batch_rows 16: a GRPO batch (a row per turn, about 384 rows after padding) goes
-  # through the update in micro-batches of 16 rows a device: the same loss (token-mean over
-  # the whole batch) in half the time on 2 cores (about 7 s an update against 14 s in one
-  # pass; the working set then fits the caches).
+  # micro_batch_rows 16: a GRPO batch (a row per turn; 384 rows after padding at the demo's
+  # 8 x 8 rollouts) goes through the update in micro-batches of 16 rows a device: the same
+  # loss (token-mean over the whole batch) in half the time on 2 cores (about 7 s an update
+  # against 14 s in one pass; the working set then fits the caches).
   c.grpo.update(steps=20, questions_per_batch=4, group_size=4, lr=5e-5, warmup_steps=2,
                 micro_batch_rows=16)
   c.eval.update(num_contexts=256, batch_size=32)  # 256: EM within about +-0.02

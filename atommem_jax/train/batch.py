@@ -72,10 +72,11 @@ def bucket_rows(rows: int, quantum: int) -> int:
   """
   if rows < 0 or quantum < 1:
     raise ValueError(f"bucket_rows({rows}, {quantum}): rows must be >= 0 and quantum >= 1")
-  multiple, power = 1, 2
-  while quantum * multiple < rows:  # 1, then 2^k and 3 * 2^(k-1) in turn
-    multiple, power = (3 * power // 2, 2 * power) if multiple == power else (power, power)
-  return quantum * multiple
+  need = -(-rows // quantum)
+  power = 1 << max(need - 1, 0).bit_length()  # the smallest power of two >= need
+  if power >= 4 and 3 * power // 4 >= need:
+    return quantum * 3 * power // 4
+  return quantum * power
 
 
 def _checked(examples: Sequence[Example]) -> list[Example]:
