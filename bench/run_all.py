@@ -39,6 +39,7 @@ QUICK = {
     "bench_store": ["--sizes", "1000", "--ops", "20", "--repeats", "2",
                     "--recall-queries", "50"],
     "bench_train": ["--presets", "micro", "--shapes", "2x64", "--repeats", "1"],
+    "memory_writes": ["--weights", "models/tiny_base", "--contexts", "4"],
     "probe_recall": ["--steps", "20", "--every", "10"],
 }
 
