@@ -65,7 +65,7 @@ def memory_writes(examples, tokenizer) -> list[Write]:
 
 
 def score(writes: Sequence[Write], predict) -> dict[str, float]:
-  """Accuracy per write kind: `predict(tokens [B, T]) -> argmax next-token ids [B, T]`."""
+  """Accuracy per write kind and part: `predict(tokens [T]) -> argmax next-token ids [T]`."""
   hits: dict[str, list[float]] = {}
   for write in writes:
     predicted = predict(np.asarray(write.tokens, np.int32))
@@ -78,21 +78,19 @@ def score(writes: Sequence[Write], predict) -> dict[str, float]:
   return {name: float(np.mean(values)) for name, values in sorted(hits.items())}
 
 
-def _params(weights: str, config, mesh):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from atommem_jax import config_lib  # pylint: disable=g-import-not-at-top
+def _load(weights: str, config, mesh, tokenizer):
+  """(model config, params) of a Hugging Face directory or a run's checkpoints, through
+  `atommem_jax.evaluate.load_model` (a run's recorded model config wins)."""
   from atommem_jax import fileio  # pylint: disable=g-import-not-at-top
-  from atommem_jax.evaluate import restore_params  # pylint: disable=g-import-not-at-top
-  from atommem_jax.model import hf  # pylint: disable=g-import-not-at-top
+  from atommem_jax.evaluate import load_model  # pylint: disable=g-import-not-at-top
   from atommem_jax.train import run_files  # pylint: disable=g-import-not-at-top
   if fileio.exists(fileio.join(weights, "config.json")) and not fileio.exists(
       fileio.join(weights, "run.json")):
-    return hf.load_hf(weights, jnp.float32)
+    return load_model(config, mesh, tokenizer, hf_dir=weights, checkpoint_dir=None,
+                      trained=None)
   checkpoint_dir, workdir = run_files.find_checkpoints(weights)
-  trained = run_files.trained_model(workdir)
-  model_config = (trained[0] if trained is not None else config_lib.model_config(config))
-  model_config = model_config.replace(**config_lib.execution_fields(config, rollout=True))
-  return model_config, restore_params(checkpoint_dir, model_config, mesh)
+  return load_model(config, mesh, tokenizer, hf_dir=None, checkpoint_dir=checkpoint_dir,
+                    trained=run_files.trained_model(workdir))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -126,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   print("| weights | Create value | Create prefix | Create both | Update value | Update prefix "
         "| Update both |\n|---|---|---|---|---|---|---|")
   for weights in args.weights:
-    model_config, params = _params(weights, config, job.mesh)
+    model_config, params = _load(weights, config, job.mesh, job.tokenizer)
     argmax = jax.jit(lambda p, x, c=model_config: jnp.argmax(qwen3.logits(c, p, x), -1))
 
     def predict(tokens: np.ndarray, params=params, argmax=argmax) -> np.ndarray:
