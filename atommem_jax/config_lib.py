@@ -282,7 +282,11 @@ def base_config() -> ml_collections.ConfigDict:
       oracle_boxed_space=False,
       # What the oracle's memory entries start with: "title" ("Title: sentence ...") or
       # "question" (the question the sentences answer; see oracle.OraclePolicy).
-      oracle_entry_label="title"))
+      oracle_entry_label="title",
+      # Share of the training contexts whose oracle episode starts from a wrong memory written
+      # at the first chunk (a decoy, not taught), which the oracle repairs when the fact
+      # appears (oracle.OraclePolicy's decoy_share; synthetic contexts only).
+      oracle_decoy_share=0.0))
 
   # GRPO as the official run (AtomMem/script/train/run_memory_longcontext.sh, verl): 8
   # contexts x 8 rollouts a step (train_batch_size, rollout.n), 5 passes over the RL data
@@ -396,6 +400,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("sft.copy_span_tokens", c.sft.copy_span_tokens, ">= 1 tokens")
   if c.sft.prompt_loss_weight < 0:
     _fail("sft.prompt_loss_weight", c.sft.prompt_loss_weight, ">= 0 (0: completion-only loss)")
+  if not 0.0 <= c.sft.oracle_decoy_share <= 1.0:
+    _fail("sft.oracle_decoy_share", c.sft.oracle_decoy_share, "a share in [0, 1]")
   if c.sft.oracle_entry_label not in ORACLE_ENTRY_LABELS:
     _fail("sft.oracle_entry_label", c.sft.oracle_entry_label, f"one of {ORACLE_ENTRY_LABELS}")
   g = c.grpo

@@ -525,7 +525,9 @@ def test_adam_betas_reach_the_optimizer_and_bad_ones_name_the_field():
 
 @pytest.mark.parametrize("field,value", [("copy_examples_per_context", -1),
                                          ("copy_span_tokens", 0),
-                                         ("oracle_entry_label", "sentence")])
+                                         ("oracle_entry_label", "sentence"),
+                                         ("oracle_decoy_share", 1.5),
+                                         ("oracle_decoy_share", -0.1)])
 def test_sft_copy_example_fields_are_validated_with_the_field_named(field, value):
   c = config_lib.load_config_file("tiny")
   c.sft[field] = value

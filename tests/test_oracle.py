@@ -272,3 +272,77 @@ def test_copy_examples_repeat_a_span_of_the_rendered_context():
       multihop.render_context(contexts[0].documents), add_special_tokens=False)
   with pytest.raises(ValueError, match="span_tokens"):
     sft_data.copy_examples(contexts, tokenizer, 0, seeds=[0])
+
+
+def test_decoys_start_episodes_from_a_wrong_memory_that_the_oracle_repairs():
+  """decoy_share=1: every context whose first chunk shows none of a question's facts starts
+  with a decoy entry for it (the question label, then the fact's oldest version with its last
+  name swapped for another name of that chunk); when the fact appears the oracle Updates the
+  decoy, so the final store holds the latest facts and no decoy, and EM stays 1."""
+  contexts = synthetic.generate_synthetic(48, seed=3, num_entities=4, num_cities=3,
+                                          num_docs=6, hops=1, num_updates=1, doc_length=4)
+  env = _env(chunk_tokens=96, chunk_overlap=8, top_k=1)
+  plain = oracle.run_episodes(env, oracle.OraclePolicy(entry_label="question"), contexts)
+  policy = oracle.OraclePolicy(entry_label="question", decoy_share=1.0)
+  results = oracle.run_episodes(env, policy, contexts)
+  assert _exact_match(results) == 1.0
+  decoyed = 0
+  for episode, (context, result, before) in enumerate(zip(contexts, results, plain)):
+    steps = policy.decoy_steps(episode)
+    [evidence] = context.evidence
+    stored = " ".join(entry.text for entry in result.memories)
+    assert all(fact.text in stored for fact in evidence.chain)
+    first_chunk_has_fact = any(
+        a.kind.name == "CREATE" for a in before.trajectory[0].actions)
+    if first_chunk_has_fact:
+      assert not steps
+      continue
+    decoyed += 1
+    assert steps == {0}
+    [create] = [a for a in result.trajectory[0].actions if a.kind.name == "CREATE"]
+    label = context.questions[0].question
+    assert create.text.startswith(label + " ")
+    sentence = create.text[len(label) + 1:]
+    oldest = ([s.old.text for s in evidence.superseded] or [evidence.chain[0].text])[0]
+    original_words, decoy_words = oldest.rstrip(".").split(), sentence.rstrip(".").split()
+    assert original_words[:-1] == decoy_words[:-1] and original_words[-1] != decoy_words[-1]
+    assert decoy_words[-1] in result.trajectory[0].prompt_text.split("Document 1:")[-1]
+    assert sentence not in stored
+    assert result.stats.updates >= 1 and result.stats.updates == before.stats.updates + 1
+  assert decoyed >= 10
+  with pytest.raises(ValueError, match="decoy_share"):
+    oracle.OraclePolicy(decoy_share=1.5)
+
+
+def test_decoy_share_picks_contexts_by_id_and_oracle_examples_leave_decoys_out():
+  """About `decoy_share` of the contexts get decoys, the same ones in every run; the SFT
+  examples are the oracle's steps minus those that wrote a decoy, and the steps after one
+  see it as Memory 1."""
+  from atommem_jax.train import sft_data  # pylint: disable=g-import-not-at-top
+  contexts = synthetic.generate_synthetic(64, seed=5, num_entities=4, num_cities=3,
+                                          num_docs=6, hops=1, num_updates=1, doc_length=4)
+  config = env_lib.EnvConfig(chunk_tokens=96, chunk_overlap=8, top_k=1)
+  tokenizer, embedder = _tokenizer(), HashingEmbedder(256)
+  env = env_lib.MemoryEnv(config, tokenizer, embedder)
+  counts = []
+  for share in (0.0, 0.5, 1.0):
+    policy = oracle.OraclePolicy(decoy_share=share)
+    oracle.run_episodes(env, policy, contexts)
+    counts.append({i for i in range(len(contexts)) if policy.decoy_steps(i)})
+  assert not counts[0] and counts[1] < counts[2] and 0.25 < len(counts[1]) / len(counts[2]) < 0.75
+  policy = oracle.OraclePolicy(decoy_share=1.0)
+  results = oracle.run_episodes(env, policy, contexts)
+  examples, reward = sft_data.oracle_examples(contexts, config, tokenizer, embedder,
+                                              decoy_share=1.0)
+  assert reward == 1.0
+  kept = [(turn, episode) for episode, result in enumerate(results)
+          for turn in result.trajectory if turn.step not in policy.decoy_steps(episode)]
+  assert [list(e.prompt_ids) for e in examples] == [list(t.prompt_token_ids) for t, _ in kept]
+  responses = {}
+  for example, (_, episode) in zip(examples, kept):
+    responses.setdefault(episode, []).append(tokenizer.decode(example.response_ids))
+  for episode in counts[2]:
+    decoy = results[episode].trajectory[0].actions[-1].text
+    after = results[episode].trajectory[1]
+    assert f"Memory 1: {decoy}" in after.prompt_text
+    assert all(decoy not in response for response in responses[episode])

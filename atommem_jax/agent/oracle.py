@@ -18,7 +18,9 @@ question's gold documents.
   Its scratchpad names, per question, the documents seen; it is rewritten alongside the
   store actions when it changed. On a chunk with nothing to store it answers with no
   action at all, which moves to the next chunk. Before answering it Reads with the
-  question and those titles.
+  question and those titles. For SFT data it can start episodes from a wrong memory (a
+  decoy written at the first chunk, before the fact is shown) and repair it like a stale
+  version when the fact appears: the states a learnt policy reaches when it writes early.
 - `MemAgentPolicy` (MemAgent-style workflow baseline, no store): rewrites its scratchpad
   every step with the gold facts seen so far (latest versions) within a token budget,
   dropping the oldest facts when it overflows.
@@ -28,7 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from typing import Protocol, Sequence
+
+import numpy as np
 
 from atommem_jax.agent import env as env_lib
 from atommem_jax.agent.actions import Action
@@ -40,6 +45,8 @@ from atommem_jax.memory.store import Retrieved
 
 UNKNOWN_ANSWER = "unknown"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_NAME = re.compile(r"\b[A-Z][a-z]+\b")
+_LAST_NAME = re.compile(r"\b[A-Z][a-z]+\b(?=[^A-Za-z]*$)")
 
 
 class Policy(Protocol):
@@ -160,10 +167,31 @@ class _OracleState:
   notes: str = ""  # the scratchpad last written
   read_chunk: int | None = None  # chunk where the Read for stale entries was issued
   read_question: int | None = None  # question whose Read was issued
+  decoy_text: dict[int, str] = dataclasses.field(default_factory=dict)  # entry -> sentence
+  decoy_entry: dict[int, int] = dataclasses.field(default_factory=dict)  # question -> entry
+  decoy_steps: set[int] = dataclasses.field(default_factory=set)  # steps that wrote decoys
 
   def entry_text(self, entry: int) -> str:
     label, units = self.entries[entry]
+    if entry in self.decoy_text:
+      return f"{label} {self.decoy_text[entry]}"
     return f"{label} " + " ".join(self.gold.units[u].text for u in units)
+
+  def versions(self, question: int) -> set[int]:
+    """The units `question` needs, with every older version of them."""
+    found = set()
+    for unit in self.gold.required[question]:
+      while unit is not None:
+        found.add(unit)
+        unit = self.gold.units[unit].replaces
+    return found
+
+  def decoy_for(self, unit: GoldUnit) -> int | None:
+    """The decoy entry standing where `unit` belongs (a question needs it), or None."""
+    for question, entry in self.decoy_entry.items():
+      if unit.index in self.versions(question):
+        return entry
+    return None
 
   def label(self, unit: GoldUnit, entry_label: str) -> str:
     """"Title:", or the first question whose answer needs `unit` (or a later version of it)."""
@@ -190,10 +218,20 @@ class OraclePolicy:
       question needs). A question-labelled entry restates the relation asked right before
       the sentence that answers it (BENCHMARKS.md, the demo).
     boxed_space: answers are written `\\boxed{ text}` (see `actions.render_actions`).
+    decoy_share: share of the contexts (drawn per context id) whose episode starts from a
+      wrong memory: at the first chunk, a question none of whose facts that chunk shows gets
+      a decoy entry (its label, then the oldest version of its fact with the last name
+      swapped for another name of the chunk), as a policy that writes before the fact
+      appears would store; when the fact appears, the decoy is edited like a stale version.
+      The steps that wrote decoys are in `decoy_steps` (not teaching material: the
+      states after them are). Only for contexts with `Evidence` (the synthetic task).
   """
 
   def __init__(self, *, enabled: frozenset[ActionKind] = ALL_KINDS, supersede: str = "update",
-               entry_chars: int = 2000, entry_label: str = "title", boxed_space: bool = False):
+               entry_chars: int = 2000, entry_label: str = "title", boxed_space: bool = False,
+               decoy_share: float = 0.0):
+    if not 0.0 <= decoy_share <= 1.0:
+      raise ValueError(f"decoy_share={decoy_share} must be in [0, 1]")
     if supersede not in ("update", "delete"):
       raise ValueError(f"supersede={supersede!r} must be 'update' or 'delete'")
     if entry_label not in ("title", "question"):
@@ -204,6 +242,7 @@ class OraclePolicy:
     self.entry_chars = entry_chars
     self.entry_label = entry_label
     self.boxed_space = boxed_space
+    self.decoy_share = decoy_share
     self._can_replace = {ActionKind.READ, ActionKind.CREATE, edit} <= enabled
     self._states: list[_OracleState] = []
 
@@ -214,6 +253,10 @@ class OraclePolicy:
   def act(self, observations: Sequence[env_lib.Observation]) -> list[str]:
     return [self._respond(self._states[o.episode], o) for o in observations]
 
+  def decoy_steps(self, episode: int) -> frozenset[int]:
+    """Steps of `episode` (of the last `reset`) whose response wrote a decoy entry."""
+    return frozenset(self._states[episode].decoy_steps)
+
   def _respond(self, state: _OracleState, observation: env_lib.Observation) -> str:
     return render_actions(self._act(state, observation), boxed_space=self.boxed_space)
 
@@ -221,13 +264,15 @@ class OraclePolicy:
     if observation.phase == env_lib.ANSWER_PHASE:
       return self._answer_step(state, observation)
     fresh = _newly_visible(state.gold, observation, state.handled)
-    stale_of = {}  # unit -> the stored older version it replaces
+    stale_of = {}  # unit -> the stored entry (older version or decoy) it replaces
     if self._can_replace:
       for unit in fresh:
         older = _kept_version(state.gold, unit, state.entry_of)
         if older is not None:
-          stale_of[unit.index] = older
-    stale = dict.fromkeys(state.entry_of[older] for older in stale_of.values())
+          stale_of[unit.index] = state.entry_of[older]
+        elif (decoy := state.decoy_for(unit)) is not None:
+          stale_of[unit.index] = decoy
+    stale = dict.fromkeys(stale_of.values())
     shown = {memory.text for memory in observation.retrieved}
     if (any(state.entry_text(entry) not in shown for entry in stale)
         and state.read_chunk != observation.chunk_index
@@ -240,6 +285,11 @@ class OraclePolicy:
     if ActionKind.CREATE in self.enabled:
       for doc_units in _group(created, lambda u: u.doc_index).values():
         actions += [Action(ActionKind.CREATE, text) for text in self._store(state, doc_units)]
+      if observation.chunk_index == 0 and self._decoys_for(state.context):
+        decoys = self._decoys(state, observation)
+        if decoys:
+          state.decoy_steps.add(observation.step)
+          actions += decoys
     for unit in fresh:
       state.handled.add(unit.index)
       for question, required in enumerate(state.gold.required):
@@ -251,22 +301,29 @@ class OraclePolicy:
 
   def _replace(self, state: _OracleState, fresh: Sequence[GoldUnit], stale_of: dict[int, int],
                retrieved: Sequence[Retrieved]) -> tuple[list[Action], list[GoldUnit]]:
-    """Edits the shown stale entries; returns the edits and the units still to create."""
+    """Edits the shown stale entries (`stale_of`: unit -> entry it replaces); returns the
+    edits and the units still to create."""
     actions = []
     created = [u for u in fresh if u.index not in stale_of]
     shown = [memory.text for memory in retrieved]
     superseding = [u for u in fresh if u.index in stale_of]
-    for entry, units in _group(superseding, lambda u: state.entry_of[stale_of[u.index]]).items():
+    for entry, units in _group(superseding, lambda u: stale_of[u.index]).items():
       text = state.entry_text(entry)
       if text not in shown:
         created.extend(units)  # the stale entry was not retrieved: store the new version
         continue
       members = state.entries[entry][1]
       for unit in units:
-        older = stale_of[unit.index]
-        members[members.index(older)] = unit.index
-        del state.entry_of[older]
+        older = _kept_version(state.gold, unit, state.entry_of)
+        if older is None:  # a decoy's place
+          members.append(unit.index)
+        else:
+          members[members.index(older)] = unit.index
+          del state.entry_of[older]
         state.entry_of[unit.index] = entry
+      if entry in state.decoy_text:
+        del state.decoy_text[entry]
+        state.decoy_entry = {q: e for q, e in state.decoy_entry.items() if e != entry}
       memory_index = shown.index(text) + 1
       if self.supersede == "update":
         actions.append(Action(ActionKind.UPDATE, state.entry_text(entry), memory_index))
@@ -294,6 +351,38 @@ class OraclePolicy:
       state.entry_of.update((unit.index, len(state.entries) - 1) for unit in pack)
       texts.append(state.entry_text(len(state.entries) - 1))
     return texts
+
+  def _decoys_for(self, context: LongContext) -> bool:
+    if not self.decoy_share or not context.evidence:
+      return False
+    draw = np.random.default_rng(zlib.crc32(context.id.encode())).random()
+    return bool(draw < self.decoy_share)
+
+  def _decoys(self, state: _OracleState, observation: env_lib.Observation) -> list[Action]:
+    """Decoy Creates for the questions none of whose facts is stored yet (see the class)."""
+    rng = np.random.default_rng(zlib.crc32(f"{state.context.id}/decoy".encode()))
+    actions = []
+    for question in range(len(state.gold.required)):
+      versions = state.versions(question)
+      if not versions or versions & set(state.entry_of):
+        continue
+      oldest = min(versions, key=lambda u: (state.gold.units[u].replaces is not None, u))
+      sentence = state.gold.units[oldest].text
+      last = _LAST_NAME.search(sentence)
+      if last is None:
+        continue
+      names = sorted(set(_NAME.findall(observation.chunk_text))
+                     - set(_NAME.findall(sentence)) - {"Document", "Update", "The"})
+      if not names:
+        continue
+      wrong = names[int(rng.integers(len(names)))]
+      label = state.label(state.gold.units[oldest], self.entry_label)
+      state.entries.append((label, []))
+      entry = len(state.entries) - 1
+      state.decoy_text[entry] = sentence[:last.start()] + wrong + sentence[last.end():]
+      state.decoy_entry[question] = entry
+      actions.append(Action(ActionKind.CREATE, state.entry_text(entry)))
+    return actions
 
   def _answer_step(self, state: _OracleState, observation: env_lib.Observation) -> list[Action]:
     question = observation.question_index

@@ -23,20 +23,26 @@ from atommem_jax.train.batch import Example
 
 
 def oracle_examples(contexts: Sequence[multihop.LongContext], env_config: env_lib.EnvConfig,
-                    tokenizer, embedder, oracle_options: Mapping[str, bool] | None = None
-                    ) -> tuple[list[Example], float]:
+                    tokenizer, embedder, oracle_options: Mapping[str, bool] | None = None,
+                    decoy_share: float = 0.0) -> tuple[list[Example], float]:
   """SFT examples (one per step, response ended by EOS) of the oracle, and its mean reward.
 
   `oracle_options`: keyword arguments of `oracle.OraclePolicy` (`boxed_space`: how it writes
-  its answers).
+  its answers). `decoy_share`: share of the contexts whose episode starts from a wrong memory
+  (`oracle.OraclePolicy`'s decoy_share); the steps that wrote the decoys are left out, the
+  oracle's repair of them is taught.
   """
   env = env_lib.MemoryEnv(env_config, tokenizer, embedder)
-  policy = oracle.OraclePolicy(enabled=env_config.enabled_actions, **(oracle_options or {}))
+  policy = oracle.OraclePolicy(enabled=env_config.enabled_actions, decoy_share=decoy_share,
+                               **(oracle_options or {}))
   results = oracle.run_episodes(env, policy, contexts)
   eos = tokenizer.eos_token_id
   examples = []
-  for result in results:
+  for episode, result in enumerate(results):
+    decoy_steps = policy.decoy_steps(episode)
     for turn in result.trajectory:
+      if turn.step in decoy_steps:
+        continue
       examples.append(Example(turn.prompt_token_ids,
                               tokenizer.encode(turn.response, add_special_tokens=False) + [eos]))
   return examples, float(np.mean([result.reward for result in results]))

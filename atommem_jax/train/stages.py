@@ -145,7 +145,7 @@ def sft_examples(job: Job, contexts) -> list[batch_lib.Example]:
   else:
     examples, reward = sft_data.oracle_examples(
         contexts, job.env_config, job.tokenizer, job.embedder,
-        oracle_options=config_lib.oracle_options(job.config))
+        oracle_options=config_lib.oracle_options(job.config), decoy_share=c.oracle_decoy_share)
     job.log(f"sft: {len(examples)} oracle steps from {len(contexts)} contexts "
             f"(oracle reward {reward:.3f})")
   copies = sft_data.copy_examples(
