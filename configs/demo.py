@@ -59,8 +59,7 @@ def get_config():
   # one of two memories holds the answer), which a greedy answer step undoes by taking the
   # newer one. EM after GRPO from the same SFT checkpoints (session 17: 16 examples an SFT
   # step, top_k 3), seeds 0 / 1 / 2: 0.277 / 0.320 / 0.301 at 1.0, 0.262 / 0.461 / 0.383 at
-  # 0.5, 0.297 / 0.410 / 0.355 at 0.3 (after SFT 0.273 / 0.406 / 0.383-0.398). With one
-  # memory shown GRPO still learns the second Create on some seeds, and lowers EM
-  # (BENCHMARKS.md).
+  # 0.5, 0.297 / 0.410 / 0.355 at 0.3 (after SFT 0.273 / 0.406 / 0.383-0.398). On the
+  # decoy-trained policies, with one memory shown: +0.098 / -0.055 / -0.012 (BENCHMARKS.md).
   c.rollout.temperature = 0.5
   return c
