@@ -167,14 +167,14 @@ class _OracleState:
   notes: str = ""  # the scratchpad last written
   read_chunk: int | None = None  # chunk where the Read for stale entries was issued
   read_question: int | None = None  # question whose Read was issued
-  decoy_text: dict[int, str] = dataclasses.field(default_factory=dict)  # entry -> sentence
-  decoy_entry: dict[int, int] = dataclasses.field(default_factory=dict)  # question -> entry
+  # Decoy entries not repaired yet: entry -> (the question it stands for, its sentence).
+  decoys: dict[int, tuple[int, str]] = dataclasses.field(default_factory=dict)
   decoy_steps: set[int] = dataclasses.field(default_factory=set)  # steps that wrote decoys
 
   def entry_text(self, entry: int) -> str:
     label, units = self.entries[entry]
-    if entry in self.decoy_text:
-      return f"{label} {self.decoy_text[entry]}"
+    if entry in self.decoys:
+      return f"{label} {self.decoys[entry][1]}"
     return f"{label} " + " ".join(self.gold.units[u].text for u in units)
 
   def versions(self, question: int) -> set[int]:
@@ -188,7 +188,7 @@ class _OracleState:
 
   def decoy_for(self, unit: GoldUnit) -> int | None:
     """The decoy entry standing where `unit` belongs (a question needs it), or None."""
-    for question, entry in self.decoy_entry.items():
+    for entry, (question, _) in self.decoys.items():
       if unit.index in self.versions(question):
         return entry
     return None
@@ -264,15 +264,16 @@ class OraclePolicy:
     if observation.phase == env_lib.ANSWER_PHASE:
       return self._answer_step(state, observation)
     fresh = _newly_visible(state.gold, observation, state.handled)
-    stale_of = {}  # unit -> the stored entry (older version or decoy) it replaces
+    # unit -> (the stored entry it replaces, the older version stored there; None: a decoy)
+    stale_of: dict[int, tuple[int, int | None]] = {}
     if self._can_replace:
       for unit in fresh:
         older = _kept_version(state.gold, unit, state.entry_of)
         if older is not None:
-          stale_of[unit.index] = state.entry_of[older]
+          stale_of[unit.index] = (state.entry_of[older], older)
         elif (decoy := state.decoy_for(unit)) is not None:
-          stale_of[unit.index] = decoy
-    stale = dict.fromkeys(stale_of.values())
+          stale_of[unit.index] = (decoy, None)
+    stale = dict.fromkeys(entry for entry, _ in stale_of.values())
     shown = {memory.text for memory in observation.retrieved}
     if (any(state.entry_text(entry) not in shown for entry in stale)
         and state.read_chunk != observation.chunk_index
@@ -299,31 +300,31 @@ class OraclePolicy:
           titles.append(unit.title)
     return self._with_scratchpad(state, actions)
 
-  def _replace(self, state: _OracleState, fresh: Sequence[GoldUnit], stale_of: dict[int, int],
+  def _replace(self, state: _OracleState, fresh: Sequence[GoldUnit],
+               stale_of: dict[int, tuple[int, int | None]],
                retrieved: Sequence[Retrieved]) -> tuple[list[Action], list[GoldUnit]]:
-    """Edits the shown stale entries (`stale_of`: unit -> entry it replaces); returns the
-    edits and the units still to create."""
+    """Edits the shown stale entries (`stale_of`: unit -> the entry it replaces and the older
+    version stored there, None for a decoy); returns the edits and the units still to
+    create."""
     actions = []
     created = [u for u in fresh if u.index not in stale_of]
     shown = [memory.text for memory in retrieved]
     superseding = [u for u in fresh if u.index in stale_of]
-    for entry, units in _group(superseding, lambda u: stale_of[u.index]).items():
+    for entry, units in _group(superseding, lambda u: stale_of[u.index][0]).items():
       text = state.entry_text(entry)
       if text not in shown:
         created.extend(units)  # the stale entry was not retrieved: store the new version
         continue
       members = state.entries[entry][1]
       for unit in units:
-        older = _kept_version(state.gold, unit, state.entry_of)
+        older = stale_of[unit.index][1]
         if older is None:  # a decoy's place
           members.append(unit.index)
         else:
           members[members.index(older)] = unit.index
           del state.entry_of[older]
         state.entry_of[unit.index] = entry
-      if entry in state.decoy_text:
-        del state.decoy_text[entry]
-        state.decoy_entry = {q: e for q, e in state.decoy_entry.items() if e != entry}
+      state.decoys.pop(entry, None)
       memory_index = shown.index(text) + 1
       if self.supersede == "update":
         actions.append(Action(ActionKind.UPDATE, state.entry_text(entry), memory_index))
@@ -379,8 +380,8 @@ class OraclePolicy:
       label = state.label(state.gold.units[oldest], self.entry_label)
       state.entries.append((label, []))
       entry = len(state.entries) - 1
-      state.decoy_text[entry] = sentence[:last.start()] + wrong + sentence[last.end():]
-      state.decoy_entry[question] = entry
+      state.decoys[entry] = (question,
+                             sentence[:last.start()] + wrong + sentence[last.end():])
       actions.append(Action(ActionKind.CREATE, state.entry_text(entry)))
     return actions
 
