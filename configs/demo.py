@@ -21,11 +21,12 @@ def get_config():
   c = config_lib.load_config_file("tiny", directory=os.path.dirname(__file__))
   c.model.hf_dir = BASE_DIR
   # Two SFT runs (the policy and the no-Update ablation, at once in two processes) and GRPO
-  # share the run time on 2 cores: 800 SFT steps of 12 examples each at lr 1e-3 (about 4 steps
-  # a second for one alone, 2 with both running: 16 examples a step took about 60 s more of
-  # the demo); each evaluation of 256 contexts takes 15-30 s. 650 steps of 16 lost EM (mean of
-  # seeds 0-2 0.294 against 0.354-0.359 at 800; BENCHMARKS.md).
-  c.sft.update(steps=800, lr=1e-3, batch_size=12)
+  # share the run time on 2 cores: 1000 SFT steps of 12 examples each at lr 1e-3 (about 2.4
+  # steps a second each with both running); each evaluation of 256 contexts takes 6-25 s.
+  # Seeds 0-2 after SFT: 800 steps 0.426 / 0.504 / 0.406 and 436-472 s for the demo, 1000
+  # steps 0.520 / 0.520 / 0.449 and 544-569 s (BENCHMARKS.md); 650 steps of 16 lost EM
+  # (session 17).
+  c.sft.update(steps=1000, lr=1e-3, batch_size=12)
   # One memory retrieved a query (tiny.py: 3). With one question an episode, a stale entry
   # beside its new version cost nothing when both were shown; retrieval by similarity does
   # not know which is newer, so with one shown, a policy that stores the new version as a
@@ -47,12 +48,16 @@ def get_config():
   # 0-2 after SFT: 0.289 / 0.379 / 0.266 without, 0.410 / 0.414 / 0.297 with (0.305 on seed
   # 0 with half the episodes; BENCHMARKS.md).
   c.sft.oracle_decoy_share = 1.0
+  # Its system message is empty: a fixed instruction line that a policy trained on this
+  # format does not need was 18 of the ~150 tokens of every prompt. Without it, with the 6
+  # GRPO steps and the checkpoint interval below, the demo at 800 SFT steps took 436-472 s
+  # instead of 586-654 (BENCHMARKS.md), which paid for 200 more SFT steps.
   c.env.prompt_template = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                        "demo_prompt.txt")
-  # GRPO: 8 steps of 8 questions x 8 rollouts (11-18 s a step, about 140 s with the
-  # compiles; 10 steps took the demo to 627 s). With tiny.py's 4 x 4 its groups were mostly
-  # all-wrong (zero advantage).
-  c.grpo.update(steps=8, questions_per_batch=8, group_size=8)
+  # GRPO: 6 steps of 8 questions x 8 rollouts (10-14 s a step, 60-85 s with the compiles;
+  # 8 steps took about 25 s more). With tiny.py's 4 x 4 its groups were mostly all-wrong
+  # (zero advantage).
+  c.grpo.update(steps=6, questions_per_batch=8, group_size=8)
   # Rollouts at temperature 0.5 (evaluation is greedy): at 1.0 the sampled policy is right far
   # less often than the greedy one (reward 0.08-0.17 a step against EM 0.27 on seed 0), and
   # GRPO learnt what pays for a sampling policy (a second Create at the next chunk, so that
@@ -60,6 +65,8 @@ def get_config():
   # newer one. EM after GRPO from the same SFT checkpoints (session 17: 16 examples an SFT
   # step, top_k 3), seeds 0 / 1 / 2: 0.277 / 0.320 / 0.301 at 1.0, 0.262 / 0.461 / 0.383 at
   # 0.5, 0.297 / 0.410 / 0.355 at 0.3 (after SFT 0.273 / 0.406 / 0.383-0.398). On the
-  # decoy-trained policies, with one memory shown: +0.098 / -0.055 / -0.012 (BENCHMARKS.md).
+  # decoy-trained policies, with one memory shown: -0.016 / +0.047 / +0.004 (BENCHMARKS.md).
   c.rollout.temperature = 0.5
+  # A checkpoint every 200 steps of either stage (tiny.py: 50; each costs about a second).
+  c.checkpoint.every_steps = 200
   return c
