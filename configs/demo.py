@@ -54,10 +54,13 @@ def get_config():
   # instead of 586-654 (BENCHMARKS.md), which paid for 200 more SFT steps.
   c.env.prompt_template = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                        "demo_prompt.txt")
-  # GRPO: 6 steps of 8 questions x 8 rollouts (10-14 s a step, 60-85 s with the compiles;
-  # 8 steps took about 25 s more). With tiny.py's 4 x 4 its groups were mostly all-wrong
-  # (zero advantage).
-  c.grpo.update(steps=6, questions_per_batch=8, group_size=8)
+  # GRPO: 6 steps of 4 questions x 16 rollouts (10-14 s a step, 60-85 s with the compiles).
+  # The same 64 rollouts as 8 x 8 but larger groups: each episode's advantage is measured
+  # against 15 others of its question instead of 7 (a step whose 4 groups all fail, as seed
+  # 2's first did, teaches nothing). From the same SFT checkpoints, seeds 0-2: +0.125 /
+  # +0.055 / -0.016 against -0.016 / +0.047 / +0.004 at 8 x 8 (BENCHMARKS.md). With
+  # tiny.py's 4 x 4 the groups were mostly all-wrong.
+  c.grpo.update(steps=6, questions_per_batch=4, group_size=16)
   # Rollouts at temperature 0.5 (evaluation is greedy): at 1.0 the sampled policy is right far
   # less often than the greedy one (reward 0.08-0.17 a step against EM 0.27 on seed 0), and
   # GRPO learnt what pays for a sampling policy (a second Create at the next chunk, so that
@@ -65,7 +68,8 @@ def get_config():
   # newer one. EM after GRPO from the same SFT checkpoints (session 17: 16 examples an SFT
   # step, top_k 3), seeds 0 / 1 / 2: 0.277 / 0.320 / 0.301 at 1.0, 0.262 / 0.461 / 0.383 at
   # 0.5, 0.297 / 0.410 / 0.355 at 0.3 (after SFT 0.273 / 0.406 / 0.383-0.398). On the
-  # decoy-trained policies, with one memory shown: -0.016 / +0.047 / +0.004 (BENCHMARKS.md).
+  # decoy-trained policies, with one memory shown, in groups of 16: +0.125 / +0.055 / -0.016
+  # (BENCHMARKS.md).
   c.rollout.temperature = 0.5
   # A checkpoint every 200 steps of either stage (tiny.py: 50; each costs about a second).
   c.checkpoint.every_steps = 200
