@@ -22,7 +22,7 @@ def get_config():
   c.model.hf_dir = BASE_DIR
   # Two SFT runs (the policy and the no-Update ablation, at once in two processes) and GRPO
   # share the run time on 2 cores: 1000 SFT steps of 12 examples each at lr 1e-3 (about 2.4
-  # steps a second each with both running); each evaluation of 256 contexts takes 6-25 s.
+  # steps a second each with both running); each evaluation of 256 contexts takes 4-21 s.
   # Seeds 0-2 after SFT: 800 steps 0.426 / 0.504 / 0.406 and 436-472 s for the demo, 1000
   # steps 0.520 / 0.520 / 0.449 and 544-569 s (BENCHMARKS.md); 650 steps of 16 lost EM
   # (session 17).
@@ -54,7 +54,7 @@ def get_config():
   # instead of 586-654 (BENCHMARKS.md), which paid for 200 more SFT steps.
   c.env.prompt_template = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                        "demo_prompt.txt")
-  # GRPO: 6 steps of 4 questions x 16 rollouts (10-14 s a step, 60-85 s with the compiles).
+  # GRPO: 6 steps of 4 questions x 16 rollouts (12-14 s a step, 72-82 s with the compiles).
   # The same 64 rollouts as 8 x 8 but larger groups: each episode's advantage is measured
   # against 15 others of its question instead of 7 (a step whose 4 groups all fail, as seed
   # 2's first did, teaches nothing). From the same SFT checkpoints, seeds 0-2: +0.125 /
@@ -67,9 +67,7 @@ def get_config():
   # one of two memories holds the answer), which a greedy answer step undoes by taking the
   # newer one. EM after GRPO from the same SFT checkpoints (session 17: 16 examples an SFT
   # step, top_k 3), seeds 0 / 1 / 2: 0.277 / 0.320 / 0.301 at 1.0, 0.262 / 0.461 / 0.383 at
-  # 0.5, 0.297 / 0.410 / 0.355 at 0.3 (after SFT 0.273 / 0.406 / 0.383-0.398). On the
-  # decoy-trained policies, with one memory shown, in groups of 16: +0.125 / +0.055 / -0.016
-  # (BENCHMARKS.md).
+  # 0.5, 0.297 / 0.410 / 0.355 at 0.3 (after SFT 0.273 / 0.406 / 0.383-0.398; BENCHMARKS.md).
   c.rollout.temperature = 0.5
   # A checkpoint every 200 steps of either stage (tiny.py: 50; each costs about a second).
   c.checkpoint.every_steps = 200
