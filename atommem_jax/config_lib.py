@@ -296,6 +296,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo = ml_collections.ConfigDict(dict(
       **_section_fields(OptimizerConfig), **_section_fields(GRPOConfig),
       steps=-1, data_epochs=5, questions_per_batch=8,
+      # DAPO's dynamic sampling: while fewer than questions_per_batch groups of the step have
+      # differing rewards (the rest have no advantage, so no gradient), draw that many more
+      # contexts, up to max_draws rollouts a step; the step trains on the differing groups
+      # first, then fills up with the others in draw order. 1: one draw, as verl's GRPO.
+      max_draws=1,
       # Rows per batch shard in one forward and backward pass (verl's
       # ppo_micro_batch_size_per_gpu): a GRPO batch holds a row per turn of its episodes, so
       # its row count varies and the micro-batches are counted per batch; 0 takes each
@@ -373,6 +378,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("rollout.prompt_buckets", buckets, "a non-empty increasing sequence of positive lengths")
   if c.sft.grad_accum < 1:
     _fail("sft.grad_accum", c.sft.grad_accum, ">= 1 micro-batches a step")
+  if c.grpo.max_draws < 1:
+    _fail("grpo.max_draws", c.grpo.max_draws, ">= 1 rollouts a step (1: no dynamic sampling)")
   if c.grpo.micro_batch_rows < 0:
     _fail("grpo.micro_batch_rows", c.grpo.micro_batch_rows,
           ">= 0 rows per batch shard (0: a mini-batch in one pass)")

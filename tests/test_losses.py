@@ -368,6 +368,17 @@ def test_all_equal_rewards_give_zero_advantage(normalize_std):
   assert np.all(got == 0.0)
 
 
+def test_mixed_group_share_counts_the_groups_with_an_advantage():
+  rewards = np.array([[0, 0, 0, 0], [1, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1], [0.5] * 4,
+                      [0.25, 0.5, 0.5, 0.5]], np.float32)
+  # Hand count: groups 1, 3 and 5 hold differing rewards.
+  assert losses.mixed_group_share(rewards) == 0.5
+  # The same groups are those with a nonzero advantage.
+  nonzero = np.any(np.asarray(losses.group_advantages(rewards)) != 0, axis=1)
+  assert nonzero.tolist() == [False, True, False, True, False, True]
+  assert losses.mixed_group_share(np.zeros((0, 4))) == 0.0
+
+
 def test_grpo_config_defaults_are_the_paper_settings():
   config = losses.GRPOConfig()
   assert (config.group_size, config.clip_low, config.clip_high, config.kl_coef,

@@ -27,10 +27,10 @@ MICRO = (
     "--config.grpo.group_size=2", "--config.sft.batch_size=4", "--config.env.max_steps=8",
     "--config.rollout.prompt_buckets=(256,)", "--config.rollout.max_new_tokens=24",
 )
-GRPO_FIELDS = ("grpo/loss", "grpo/reward_mean", "grpo/reward_std", "grpo/exact_match",
-               "grpo/kl", "grpo/clip_frac", "grpo/entropy", "grpo/creates", "grpo/reads",
-               "grpo/updates", "grpo/deletes", "grpo/store_size", "grpo/response_length",
-               "grpo/tokens_per_s", "grpo/step_time_s")
+GRPO_FIELDS = ("grpo/loss", "grpo/reward_mean", "grpo/reward_std", "grpo/mixed_groups",
+               "grpo/exact_match", "grpo/kl", "grpo/clip_frac", "grpo/entropy", "grpo/creates",
+               "grpo/reads", "grpo/updates", "grpo/deletes", "grpo/store_size",
+               "grpo/response_length", "grpo/tokens_per_s", "grpo/step_time_s")
 SFT_FIELDS = ("sft/loss", "sft/tokens_per_s", "sft/step_time_s", "sft/grad_norm")
 
 

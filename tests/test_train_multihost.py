@@ -17,6 +17,8 @@ What is compared, and why it can be:
   answers right (reward 0 for every episode, so every advantage is 0); the entropy bonus
   (grpo.entropy_coef) gives the update a gradient that depends on every row, so a GRPO
   batch missing or duplicating a process's rows would change loss, entropy and grad_norm.
+  With every group uniform, dynamic sampling (grpo.max_draws=2) draws twice a step and
+  trains on the first draw's groups, which each process picks out of its own episodes.
 - Summaries: rollout metrics (response length, turns, invalid actions) and evaluations
   (EM, F1, operation counts, number of episodes) combine both processes' episodes; EM is
   0 for so short a run, the episode count (all 4 held-out contexts) shows that evaluations
@@ -44,10 +46,12 @@ from test_train_cli import MICRO
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "tiny.py")
-FLAGS = (*MICRO, "--config.mesh.data=4", "--config.grpo.entropy_coef=0.01")
+FLAGS = (*MICRO, "--config.mesh.data=4", "--config.grpo.entropy_coef=0.01",
+         "--config.grpo.max_draws=2")
 # Per-step metrics that count (equal) and those computed in floating point (close).
 COUNTS = {"sft": ("num_tokens",),
-          "grpo": ("num_tokens", "num_updates", "reward_mean", "reward_std", "exact_match",
+          "grpo": ("num_tokens", "num_updates", "reward_mean", "reward_std", "mixed_groups",
+                   "exact_match",
                    "creates", "reads", "updates", "deletes", "store_size", "invalid",
                    "response_length", "turns")}
 VALUES = {"sft": ("loss", "grad_norm"),

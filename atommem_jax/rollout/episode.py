@@ -91,6 +91,27 @@ class Rollout:
             for b in range(num_contexts)]
 
 
+def select_groups(rollouts: Sequence[Rollout], picks: Sequence[tuple[int, int]]) -> Rollout:
+  """Groups of several rollouts (of one group size) as one: `picks` lists (rollout, group)
+  pairs in the order wanted; the g-th episode of the k-th pick becomes episode k * G + g.
+  Each process keeps its own episodes of the picked groups, as `EpisodeLoop.run` does."""
+  if not rollouts or not picks:
+    raise ValueError("select_groups needs at least one rollout and one group to pick")
+  size = rollouts[0].rewards.shape[1]
+  if any(rollout.rewards.shape[1] != size for rollout in rollouts):
+    raise ValueError("select_groups: the rollouts have different group sizes "
+                     f"{[rollout.rewards.shape[1] for rollout in rollouts]}")
+  episodes = []
+  for k, (r, group) in enumerate(picks):
+    episodes += [dataclasses.replace(e, episode=k * size + e.episode % size)
+                 for e in rollouts[r].episodes if e.episode // size == group]
+  return Rollout(episodes=tuple(sorted(episodes, key=lambda e: e.episode)),
+                 rewards=np.stack([rollouts[r].rewards[group] for r, group in picks]),
+                 steps=max(rollout.steps for rollout in rollouts),
+                 seconds=sum(rollout.seconds for rollout in rollouts),
+                 callback_seconds=sum(rollout.callback_seconds for rollout in rollouts))
+
+
 class EpisodeLoop:
   """Compiles the episode loop for one batch size and mesh, and runs batches through it.
 

@@ -35,7 +35,9 @@ def load_contexts(config, split: str) -> list[multihop.LongContext]:
   return contexts[:limit] if limit else contexts
 
 
-def grpo_context_indices(num_contexts: int, batch_size: int, seed: int, step: int
-                         ) -> np.ndarray:
-  """Context indices of GRPO step `step` (0-based), drawn like the SFT batches."""
-  return sft_data.sft_batch_indices(num_contexts, batch_size, seed + 1_000_003, step)
+def grpo_context_indices(num_contexts: int, batch_size: int, seed: int, step: int,
+                         draw: int = 0) -> np.ndarray:
+  """Context indices of GRPO step `step` (0-based), drawn like the SFT batches; `draw` > 0:
+  the step's further draws (grpo.max_draws), each from its own stream of batches."""
+  return sft_data.sft_batch_indices(num_contexts, batch_size, seed + 1_000_003 * (draw + 1),
+                                    step)

@@ -19,6 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from atommem_jax import config_lib
 from atommem_jax.train.batch import TrainBatch
@@ -121,6 +122,15 @@ def group_advantages(rewards: jax.Array, *, normalize_std: bool = False,
   if not normalize_std:
     return centred
   return centred / (jnp.std(rewards, axis=1, keepdims=True, ddof=1) + eps)
+
+
+def mixed_group_share(rewards) -> float:
+  """Share of the groups (rows of rewards [P, G]) whose rewards are not all equal: the groups
+  with a nonzero advantage, the only ones GRPO learns from (DAPO filters the others out)."""
+  rewards = np.asarray(rewards)
+  if rewards.size == 0:
+    return 0.0
+  return float(np.mean(rewards.max(axis=1) > rewards.min(axis=1)))
 
 
 def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, estimator: str) -> jax.Array:

@@ -299,6 +299,7 @@ def _rollout_metrics(rollout: episode_lib.Rollout) -> dict[str, float]:
   response_lengths = [length for outcome in outcomes for length in outcome.response_lengths]
   exact_match = [em for r in results for em in r.exact_match]
   return {"reward_mean": float(rollout.rewards.mean()), "reward_std": float(rollout.rewards.std()),
+          "mixed_groups": losses.mixed_group_share(rollout.rewards),
           "exact_match": float(np.mean(exact_match)), "creates": usage["creates"],
           "reads": usage["reads"], "updates": usage["updates"], "deletes": usage["deletes"],
           "store_size": usage["final_store_size"], "invalid": usage["num_invalid"],
@@ -328,6 +329,36 @@ def grpo_batch(job: Job, rollout: episode_lib.Rollout) -> batch_lib.TrainBatch:
                                                                          train_buckets(job)),
                                 pad_id=job.pad_id, num_rows=int(rows),
                                 row_multiple=multiple // share)
+
+
+def _grpo_rollout(job: Job, loop: episode_lib.EpisodeLoop, params: Params, contexts,
+                  step: int, rng: jax.Array
+                  ) -> tuple[episode_lib.Rollout, episode_lib.Rollout]:
+  """(the groups GRPO step `step` trains on, every group it drew).
+
+  One draw of grpo.questions_per_batch contexts, or with grpo.max_draws > 1 DAPO's dynamic
+  sampling: further draws while fewer groups than that have differing rewards; the batch
+  takes those groups first, then the others in draw order. Every draw is a pure function of
+  (seed, step, draw), so a resumed run draws the same.
+  """
+  g = job.config.grpo
+  rollouts, mixed, uniform = [], [], []
+  for draw in range(g.max_draws):
+    picked = contexts_lib.grpo_context_indices(len(contexts), g.questions_per_batch,
+                                               job.config.seed, step, draw)
+    rollout = loop.run(params, [contexts[i] for i in picked],
+                       jax.random.fold_in(rng, draw) if draw else rng, group_size=g.group_size)
+    rollouts.append(rollout)
+    for group, rewards in enumerate(rollout.rewards):
+      (mixed if rewards.max() > rewards.min() else uniform).append((draw, group))
+    if len(mixed) >= g.questions_per_batch:
+      break
+  if len(rollouts) == 1:
+    return rollouts[0], rollouts[0]
+  drawn = episode_lib.select_groups(rollouts, [(r, b) for r, rollout in enumerate(rollouts)
+                                               for b in range(len(rollout.rewards))])
+  return (episode_lib.select_groups(rollouts, (mixed + uniform)[:g.questions_per_batch]),
+          drawn)
 
 
 def make_rollout_loop(job: Job, batch_size: int, greedy: bool, env_config=None
@@ -368,11 +399,9 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
     for step in _progress(GRPO, start, g.steps):
       key = stage_key(job.config.seed, GRPO, step)
       rollout_key, shuffle_key = jax.random.split(key)
-      picked = contexts_lib.grpo_context_indices(len(contexts), g.questions_per_batch,
-                                             job.config.seed, step)
       timer.start()
-      rollout = loop.run(rollout_params(job, state.params), [contexts[i] for i in picked],
-                         rollout_key, group_size=g.group_size)
+      rollout, drawn = _grpo_rollout(job, loop, rollout_params(job, state.params), contexts,
+                                     step, rollout_key)
       batch = grpo_batch(job, rollout)
       state, update = steps_lib.grpo_update(grpo_step, state, reference, batch,
                                             num_minibatches=g.num_minibatches,
@@ -380,7 +409,9 @@ def run_grpo(job: Job, init: Params, reference: Params, contexts, offset: int,
                                             old_logprobs_fn=old_logprobs_fn)
       tokens = sum(distributed.allgather_objects(int(np.sum(batch.segment_ids > 0))))
       timing = timer.stop(float(tokens), state.step)
-      job.writer.write(offset + step + 1, {**update, **_rollout_metrics(rollout), **timing},
+      draws = {"draws": len(drawn.rewards) / g.questions_per_batch}
+      job.writer.write(offset + step + 1,
+                       {**update, **_rollout_metrics(drawn), **draws, **timing},
                        prefix="grpo/")
       _stop_if_skipped(job, manager, update, GRPO, step + 1)
       if (step + 1) % setup.every_steps(job.config, GRPO, "checkpoint") == 0 or step + 1 == g.steps:
