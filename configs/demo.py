@@ -21,12 +21,12 @@ def get_config():
   c = config_lib.load_config_file("tiny", directory=os.path.dirname(__file__))
   c.model.hf_dir = BASE_DIR
   # Two SFT runs (the policy and the no-Update ablation, at once in two processes) and GRPO
-  # share the run time on 2 cores: 1000 SFT steps of 12 examples each at lr 1e-3 (about 2.4
-  # steps a second each with both running); each evaluation of 256 contexts takes 4-21 s.
-  # Seeds 0-2 after SFT: 800 steps 0.426 / 0.504 / 0.406 and 436-472 s for the demo, 1000
-  # steps 0.520 / 0.520 / 0.449 and 544-569 s (BENCHMARKS.md); 650 steps of 16 lost EM
+  # share the run time on 2 cores: 1100 SFT steps of 12 examples each at lr 1e-3 (about 2.5
+  # steps a second each with both running); each evaluation of 256 contexts takes 4-22 s.
+  # EM after SFT on seeds 0-2: 800 steps 0.426 / 0.504 / 0.406, 1000 steps 0.520 / 0.520 /
+  # 0.449, 1100 steps 0.535 / 0.543 / 0.512 (BENCHMARKS.md); 650 steps of 16 lost EM
   # (session 17).
-  c.sft.update(steps=1000, lr=1e-3, batch_size=12)
+  c.sft.update(steps=1100, lr=1e-3, batch_size=12)
   # One memory retrieved a query (tiny.py: 3). With one question an episode, a stale entry
   # beside its new version cost nothing when both were shown; retrieval by similarity does
   # not know which is newer, so with one shown, a policy that stores the new version as a
@@ -54,13 +54,18 @@ def get_config():
   # instead of 586-654 (BENCHMARKS.md), which paid for 200 more SFT steps.
   c.env.prompt_template = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                        "demo_prompt.txt")
-  # GRPO: 6 steps of 4 questions x 16 rollouts (12-14 s a step, 72-82 s with the compiles).
-  # The same 64 rollouts as 8 x 8 but larger groups: each episode's advantage is measured
-  # against 15 others of its question instead of 7 (a step whose 4 groups all fail, as seed
-  # 2's first did, teaches nothing). From the same SFT checkpoints, seeds 0-2: +0.125 /
-  # +0.055 / -0.016 against -0.016 / +0.047 / +0.004 at 8 x 8 (BENCHMARKS.md). With
-  # tiny.py's 4 x 4 the groups were mostly all-wrong.
-  c.grpo.update(steps=6, questions_per_batch=4, group_size=16)
+  # GRPO: 6 steps of 4 questions x 16 rollouts. The same 64 rollouts as 8 x 8 but larger
+  # groups: each episode's advantage is measured against 15 others of its question instead
+  # of 7 (from session 20's SFT checkpoints, seeds 0-2: +0.125 / +0.055 / -0.016 against
+  # -0.016 / +0.047 / +0.004 at 8 x 8). Still, a group whose 16 rollouts all score the same
+  # has no advantage, and a step whose 4 groups all do (the first of seeds 1 and 2) teaches
+  # nothing: with up to 4 draws a step (DAPO's dynamic sampling, a rollout of 64 episodes
+  # costs about 1.5 s) the step trains on groups that differ first; from the 1100-step SFT
+  # checkpoints +0.039 / +0.105 / -0.012 against +0.067 / +0.051 / -0.024 with one draw.
+  # No KL term: at kl_coef 0.001 it changed no EM over 6 steps (the same 3 decimals on
+  # every seed) and cost the reference policy's forward pass in every update.
+  c.grpo.update(steps=6, questions_per_batch=4, group_size=16, max_draws=4,
+                kl_estimator="none")
   # Rollouts at temperature 0.5 (evaluation is greedy): at 1.0 the sampled policy is right far
   # less often than the greedy one (reward 0.08-0.17 a step against EM 0.27 on seed 0), and
   # GRPO learnt what pays for a sampling policy (a second Create at the next chunk, so that
@@ -69,6 +74,6 @@ def get_config():
   # step, top_k 3), seeds 0 / 1 / 2: 0.277 / 0.320 / 0.301 at 1.0, 0.262 / 0.461 / 0.383 at
   # 0.5, 0.297 / 0.410 / 0.355 at 0.3 (after SFT 0.273 / 0.406 / 0.383-0.398; BENCHMARKS.md).
   c.rollout.temperature = 0.5
-  # A checkpoint every 200 steps of either stage (tiny.py: 50; each costs about a second).
-  c.checkpoint.every_steps = 200
+  # A checkpoint every 550 steps of either stage (tiny.py: 50; each costs about a second).
+  c.checkpoint.every_steps = 550
   return c
