@@ -61,7 +61,7 @@ def get_config():
   # has no advantage, and a step whose 4 groups all do (the first of seeds 1 and 2) teaches
   # nothing: with up to 4 draws a step (DAPO's dynamic sampling, a rollout of 64 episodes
   # costs about 1.5 s) the step trains on groups that differ first; from the 1100-step SFT
-  # checkpoints +0.039 / +0.105 / -0.012 against +0.067 / +0.051 / -0.024 with one draw.
+  # checkpoints +0.039 / +0.105 / -0.012 against +0.066 / +0.051 / -0.023 with one draw.
   # Each episode's loss is its tokens' mean, averaged over the episodes (verl's
   # seq-mean-token-mean), so that a long failed episode does not outweigh a short right one:
   # +0.051 / +0.109 / +0.008 against the token mean's numbers above. No KL term: at kl_coef

@@ -376,6 +376,7 @@ def test_mixed_group_share_counts_the_groups_with_an_advantage():
   # The same groups are those with a nonzero advantage.
   nonzero = np.any(np.asarray(losses.group_advantages(rewards)) != 0, axis=1)
   assert nonzero.tolist() == [False, True, False, True, False, True]
+  assert losses.differing_groups(rewards).tolist() == nonzero.tolist()
   assert losses.mixed_group_share(np.zeros((0, 4))) == 0.0
 
 

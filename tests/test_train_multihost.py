@@ -51,9 +51,8 @@ FLAGS = (*MICRO, "--config.mesh.data=4", "--config.grpo.entropy_coef=0.01",
 # Per-step metrics that count (equal) and those computed in floating point (close).
 COUNTS = {"sft": ("num_tokens",),
           "grpo": ("num_tokens", "num_updates", "reward_mean", "reward_std", "mixed_groups",
-                   "exact_match",
-                   "creates", "reads", "updates", "deletes", "store_size", "invalid",
-                   "response_length", "turns")}
+                   "exact_match", "creates", "reads", "updates", "deletes", "store_size",
+                   "invalid", "response_length", "turns")}
 VALUES = {"sft": ("loss", "grad_norm"),
           "grpo": ("loss", "pg_loss", "entropy", "grad_norm", "kl", "ratio_mean")}
 # Timings differ between runs; everything else in a record is compared.

@@ -124,13 +124,18 @@ def group_advantages(rewards: jax.Array, *, normalize_std: bool = False,
   return centred / (jnp.std(rewards, axis=1, keepdims=True, ddof=1) + eps)
 
 
-def mixed_group_share(rewards) -> float:
-  """Share of the groups (rows of rewards [P, G]) whose rewards are not all equal: the groups
-  with a nonzero advantage, the only ones GRPO learns from (DAPO filters the others out)."""
+def differing_groups(rewards) -> np.ndarray:
+  """[P] bool: which groups (rows of rewards [P, G]) hold rewards that are not all equal: the
+  groups with a nonzero advantage, the only ones GRPO learns from (DAPO filters the others
+  out)."""
   rewards = np.asarray(rewards)
-  if rewards.size == 0:
-    return 0.0
-  return float(np.mean(rewards.max(axis=1) > rewards.min(axis=1)))
+  return rewards.max(axis=1) > rewards.min(axis=1)
+
+
+def mixed_group_share(rewards) -> float:
+  """Share of the groups whose rewards differ (`differing_groups`); 0 for no groups."""
+  differ = differing_groups(rewards)
+  return float(np.mean(differ)) if differ.size else 0.0
 
 
 def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, estimator: str) -> jax.Array:

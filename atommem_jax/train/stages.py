@@ -349,8 +349,8 @@ def _grpo_rollout(job: Job, loop: episode_lib.EpisodeLoop, params: Params, conte
     rollout = loop.run(params, [contexts[i] for i in picked],
                        jax.random.fold_in(rng, draw) if draw else rng, group_size=g.group_size)
     rollouts.append(rollout)
-    for group, rewards in enumerate(rollout.rewards):
-      (mixed if rewards.max() > rewards.min() else uniform).append((draw, group))
+    for group, differs in enumerate(losses.differing_groups(rollout.rewards)):
+      (mixed if differs else uniform).append((draw, group))
     if len(mixed) >= g.questions_per_batch:
       break
   if len(rollouts) == 1:
