@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Sequence
 
@@ -46,8 +47,26 @@ _ABLATION = flags.DEFINE_enum("ablation", "sft", ["sft", "eval", "none"],
                               "evaluated without Update, or none")
 
 
+def _exit_with_parent(poll_seconds: float = 1.0) -> None:
+  """Ends this process, from a daemon thread, once the process that started it is gone.
+
+  A `kill` of the demo's process (not of its process group, as Ctrl-C is) would otherwise
+  leave the ablation training on, holding a core, for minutes; its checkpoints stay whole
+  (orbax commits each one by a rename), so a rerun resumes it.
+  """
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(poll_seconds)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _train_ablation(config, workdir: str, log_path: str) -> dict[str, Any]:
   """The second process: `loop.run` of the ablation, its output into `log_path`."""
+  _exit_with_parent()
   log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
   sys.stdout.flush()
   sys.stderr.flush()

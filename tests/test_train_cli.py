@@ -247,3 +247,54 @@ def test_demo_prints_the_table_and_a_rerun_reuses_the_main_run(tmp_path):
   assert f"log {log}" in second.stdout
   with open(log) as f:
     assert f"workdir {os.path.join(workdir, 'no_update')}" in f.read()
+
+
+_ORPHAN_SCRIPT = '''
+import multiprocessing, os, signal, sys, time
+from atommem_jax import demo
+
+def child(path):
+  demo._exit_with_parent(poll_seconds=0.1)
+  with open(path + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+  os.rename(path + ".tmp", path)
+  time.sleep(300)
+
+if __name__ == "__main__":
+  pool = multiprocessing.get_context("spawn").Pool(1)
+  pool.apply_async(child, (sys.argv[1],))
+  while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+  os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` of the demo's process would
+'''
+
+
+def _alive(pid: int) -> bool:
+  """Whether `pid` runs (a zombie, exited but not yet reaped, does not)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+def test_the_ablation_process_ends_when_the_demo_process_is_killed(tmp_path):
+  """The demo's second process (a spawned pool worker, as the no-Update ablation runs) exits
+  by itself once its parent is killed, instead of training on for minutes."""
+  script = tmp_path / "orphan.py"
+  script.write_text(_ORPHAN_SCRIPT)
+  pid_file = str(tmp_path / "child.pid")
+  with open(tmp_path / "parent.log", "w") as log:  # not a pipe: the child holds it open
+    parent = subprocess.run([sys.executable, str(script), pid_file], cwd=REPO, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT, timeout=120)
+  assert parent.returncode == -signal.SIGKILL, (tmp_path / "parent.log").read_text()[-3000:]
+  with open(pid_file) as f:
+    child = int(f.read())
+  try:
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+      time.sleep(0.1)
+    assert not _alive(child)
+  finally:
+    if _alive(child):
+      os.kill(child, signal.SIGKILL)
