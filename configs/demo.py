@@ -64,9 +64,12 @@ def get_config():
   # checkpoints +0.039 / +0.105 / -0.012 against +0.066 / +0.051 / -0.023 with one draw.
   # Each episode's loss is its tokens' mean, averaged over the episodes (verl's
   # seq-mean-token-mean), so that a long failed episode does not outweigh a short right one:
-  # +0.051 / +0.109 / +0.008 against the token mean's numbers above. No KL term: at kl_coef
-  # 0.001 it changed no EM over 6 steps (the same 3 decimals on every seed) and cost the
-  # reference policy's forward pass in every update.
+  # +0.051 / +0.109 / +0.008 against the token mean's numbers above. On seeds 3-5, which no
+  # choice here looked at: +0.059 on average, against +0.078 with the token mean and +0.042
+  # with one draw; over six seeds the two means tie (+0.057, +0.061) and dynamic sampling
+  # beats one draw (+0.037). No KL term: at kl_coef 0.001 it changed no EM over 6 steps (the
+  # same 3 decimals on every seed) and cost the reference policy's forward pass in every
+  # update.
   c.grpo.update(steps=6, questions_per_batch=4, group_size=16, max_draws=4,
                 kl_estimator="none", aggregation="seq-mean-token-mean")
   # Rollouts at temperature 0.5 (evaluation is greedy): at 1.0 the sampled policy is right far
