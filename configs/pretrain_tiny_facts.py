@@ -23,8 +23,8 @@ def get_config():
   # constant lr, so that a run resumed with more steps continues the same schedule. From the
   # phase-1 base the restating probe went 0.02 -> 0.46 / 0.69 / 0.83 / 0.92 / 0.93 at steps
   # 50 / 150 / 400 / 600 / 800 (1.1-1.3 s a step on 2 cores), the lookup probe staying at
-  # 0.999-1.000; step 800 is the shipped base (step 400 gave a higher EM after SFT on seeds
-  # 0-2, 0.389 against 0.359: BENCHMARKS.md).
+  # 0.999-1.000; step 800 is the shipped base (on the demo's recipe of session 22, SFT from
+  # step 400 scored 0.432 on seeds 0-5 against 0.515 from step 800: BENCHMARKS.md).
   c.pretrain.update(steps=800, tasks="recall:1,facts:1", batch_size=64, max_len=320,
                     recall_curriculum_steps=0, probe_every_steps=50, checkpoint_every_steps=50)
   return c
